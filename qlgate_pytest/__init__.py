@@ -1,0 +1,1 @@
+"""qlgate's pytest plugin: ``pytest --candidate=ADAPTER_DIR`` gates a fine-tuned adapter."""
