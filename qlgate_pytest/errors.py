@@ -2,12 +2,12 @@
 it came from (option, env var, ini key, file:line).
 
     QlgateError                   base
-    ├── OptionError               a --option / ini / env value is invalid (-> pytest.UsageError, exit 4)
+    ├── OptionError               an option / ini / env value is invalid (pytest.UsageError)
     ├── GoldenCaseError           a golden case file is malformed (carries path, line, field)
     ├── PreflightError            the adapter or its environment fails a check before generation
     ├── EngineError               an engine failed to load or to generate
     │   └── EngineTimeout         a request exceeded its deadline
-    └── ReportError               a report is unreadable, of another schema version, or another golden set
+    └── ReportError               a report is unreadable, of another version or golden set
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from training.errors import TrainingError
 
-# command -> (module, one-line help). Each module provides add_arguments(parser) and run(args) -> int.
+# command -> (module, help). Each module has add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "curate": ("training.curate_cli", "validate, scrub, dedup and augment raw chat JSONL"),
     "train": ("training.train_cli", "train a (Q)LoRA adapter on a curated dataset"),

@@ -9,7 +9,10 @@ from training.models import EMBEDDED, resolve
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "spec", nargs="?", default=EMBEDDED, help="'embedded', a model directory, or a cached hub id"
+        "spec",
+        nargs="?",
+        default=EMBEDDED,
+        help="'embedded', a model directory, or a cached hub id",
     )
 
 

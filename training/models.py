@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +107,14 @@ def gguf_path() -> Path:
     return path
 
 
-def embedded_model_dir(home: Path | None = None) -> Path:
-    """The converted embedded model, converting it first if the cache is absent or corrupt."""
+Converter = Callable[[Path, Path], None]
+
+
+def embedded_model_dir(home: Path | None = None, convert: Converter | None = None) -> Path:
+    """The converted embedded model, converting it first if the cache is absent or corrupt.
+
+    ``convert(gguf, out)`` is injectable so the locking and atomicity can be tested quickly.
+    """
     root = (home or qlgate_home()) / "models"
     target = root / "smollm2-135m-instruct"
     if _is_valid(target):
@@ -120,7 +127,7 @@ def embedded_model_dir(home: Path | None = None) -> Path:
         source = gguf_path()
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=root))
         try:
-            _convert_gguf(source, staging)
+            (convert or _convert_gguf)(source, staging)
             _write_marker(staging, source)
             if target.exists():
                 trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=root))
@@ -144,7 +151,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # A GGUF-loaded model refuses save_pretrained and training while it still carries its
     # quantizer; the weights are already dequantized to fp32, so dropping it is lossless.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = EMBEDDED_NAME
