@@ -1,0 +1,437 @@
+"""The verdict: per-case outcomes of candidate and baseline in, PASS/FAIL with every reason out.
+
+Pure: no pytest, no engine. The rule (issue 5 item 5, issue 6 item 2) is that the gate is red
+whenever it cannot show the candidate is good: the lower bound of the paired bootstrap CI of
+the primary metric's gain must lie strictly above ``min_f1_gain``; every other check (latency
+budget, slice drops, must_pass cases, errors, partial selection, the "adapter was applied"
+canary) can only turn it red.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Mapping  # noqa: TC003, RUF100 (pydantic resolves RoleResult's fields at run time)
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from qlgate_pytest import stats
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+# Log-likelihoods of the same model on the same prompt can move by ~1e-6..1e-5 between batch
+# layouts in fp32; a trained adapter moves them by far more. Below this the roles are "equal".
+CANARY_ATOL = 1e-4
+# Reasons list at most this many case ids; the report's rows hold the rest.
+_MAX_IDS = 10
+
+
+@dataclass(frozen=True)
+class RoleResult:
+    """One engine role (candidate or baseline) on one case."""
+
+    output: str
+    predicted: str | None
+    correct: bool
+    latency_ms: float
+    output_tokens: int
+    label_scores: Mapping[str, float] | None = None  # rank mode: label -> log-likelihood
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """Both roles' outcomes on one golden case."""
+
+    case_id: str
+    tags: tuple[str, ...]
+    must_pass: bool
+    weight: float
+    scorer: str
+    expected: str  # the label / expected text (json_schema: the schema as JSON)
+    candidate: RoleResult | None
+    baseline: RoleResult | None
+    error: str | None = None  # any error for this case -> gate red
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What the candidate must show; mirrors the ``--min-f1-gain`` etc. options."""
+
+    min_f1_gain: float = 0.0
+    confidence: float = 0.95
+    max_p99_ms: float | None = None
+    max_slice_drop: float | None = None
+    min_f1: float | None = None  # absolute floor (drift mode; no baseline needed)
+    allow_partial: bool = False
+    resamples: int = 10_000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How much of the golden set ran, and errors that belong to no single case."""
+
+    selected: int
+    total: int
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule of the verdict: passed (True/False) or not applicable (None), and why."""
+
+    name: str
+    passed: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's decision. ``checks`` and ``thresholds`` (additions to the contract, with
+    defaults) let the report show each rule's outcome and limit."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+    metrics: Mapping[str, Any]
+    delta: Mapping[str, Any]
+    checks: tuple[Check, ...] = field(default=())
+    thresholds: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --- transport between xdist workers and the controller -----------------------------------
+
+
+@functools.cache
+def _case_adapter() -> Any:
+    from pydantic import TypeAdapter  # pydantic only at this I/O boundary
+
+    return TypeAdapter(CaseResult)
+
+
+def case_result_to_json(r: CaseResult) -> str:
+    """One CaseResult as JSON for ``report.user_properties``."""
+    data: bytes = _case_adapter().dump_json(r)
+    return data.decode()
+
+
+def case_result_from_json(s: str) -> CaseResult:
+    """Inverse of :func:`case_result_to_json`; raises pydantic's ValidationError on bad input."""
+    result: CaseResult = _case_adapter().validate_json(s)
+    return result
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ids(cases: Sequence[CaseResult]) -> str:
+    shown = ", ".join(c.case_id for c in cases[:_MAX_IDS])
+    more = len(cases) - _MAX_IDS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _role(case: CaseResult, role: str) -> RoleResult:
+    outcome = case.candidate if role == "candidate" else case.baseline
+    assert outcome is not None
+    return outcome
+
+
+def _primary_metric(cases: Sequence[CaseResult]) -> str:
+    """macro-F1 is defined only for label cases; any other scorer makes accuracy primary."""
+    return "macro_f1" if cases and all(c.scorer == "label" for c in cases) else "accuracy"
+
+
+def _quality(cases: Sequence[CaseResult], role: str, primary: str) -> dict[str, Any]:
+    outs = [_role(c, role) for c in cases]
+    weights = [c.weight for c in cases]
+    labelled = [(c, o) for c, o in zip(cases, outs, strict=True) if c.scorer == "label"]
+    mf1 = (
+        stats.macro_f1(
+            [c.expected for c, _ in labelled],
+            [o.predicted for _, o in labelled],
+            [c.weight for c, _ in labelled],
+        )
+        if labelled
+        else None
+    )
+    acc = stats.accuracy([o.correct for o in outs], weights)
+    out: dict[str, Any] = {
+        "primary": mf1 if primary == "macro_f1" else acc,
+        "macro_f1": mf1,
+        "accuracy": acc,
+        "n": len(cases),
+    }
+    if len(set(weights)) > 1:
+        out["macro_f1_unweighted"] = (
+            stats.macro_f1([c.expected for c, _ in labelled], [o.predicted for _, o in labelled])
+            if labelled
+            else None
+        )
+        out["accuracy_unweighted"] = stats.accuracy([o.correct for o in outs])
+    return out
+
+
+def _slices(cases: Sequence[CaseResult]) -> dict[str, list[CaseResult]]:
+    by_tag: dict[str, list[CaseResult]] = {}
+    for c in cases:
+        for tag in dict.fromkeys(c.tags):
+            by_tag.setdefault(tag, []).append(c)
+    return dict(sorted(by_tag.items()))
+
+
+def role_metrics(cases: Sequence[CaseResult], role: str, primary: str) -> dict[str, Any]:
+    """Quality, per-slice quality, latency and throughput of one role over ``cases``."""
+    outs = [_role(c, role) for c in cases]
+    metrics: dict[str, Any] = {"primary_metric": primary, **_quality(cases, role, primary)}
+    metrics["n_cases"] = metrics.pop("n")
+    metrics["per_slice"] = {
+        tag: _quality(members, role, primary) for tag, members in _slices(cases).items()
+    }
+    latencies = [o.latency_ms for o in outs]
+    metrics["latency_ms"] = stats.latency_summary(latencies)
+    tokens = sum(o.output_tokens for o in outs)
+    seconds = sum(latencies) / 1000.0
+    # Summed per-request time, so under batching this is per-request speed, not engine throughput.
+    metrics["tokens_per_s"] = tokens / seconds if seconds > 0 else None
+    metrics["output_tokens"] = tokens
+    return metrics
+
+
+def _differs(a: RoleResult, b: RoleResult) -> bool:
+    if a.output != b.output:
+        return True
+    if a.label_scores is None or b.label_scores is None:
+        # Without scores on both sides equality of outputs is all we can see; only claim
+        # "not applied" from evidence, so a one-sided score table counts as different.
+        return a.label_scores is not b.label_scores
+    if a.label_scores.keys() != b.label_scores.keys():
+        return True
+    return any(
+        not math.isclose(a.label_scores[k], b.label_scores[k], rel_tol=0.0, abs_tol=CANARY_ATOL)
+        for k in a.label_scores
+    )
+
+
+def _delta(paired: Sequence[CaseResult], primary: str, t: Thresholds) -> dict[str, Any]:
+    cand = [_role(c, "candidate") for c in paired]
+    base = [_role(c, "baseline") for c in paired]
+    weights = [c.weight for c in paired]
+    if primary == "macro_f1":
+        ci = stats.paired_bootstrap_macro_f1(
+            [c.expected for c in paired],
+            [o.predicted for o in cand],
+            [o.predicted for o in base],
+            weights,
+            resamples=t.resamples,
+            confidence=t.confidence,
+            seed=t.seed,
+        )
+    else:
+        ci = stats.paired_bootstrap_accuracy(
+            [o.correct for o in cand],
+            [o.correct for o in base],
+            weights,
+            resamples=t.resamples,
+            confidence=t.confidence,
+            seed=t.seed,
+        )
+    cq = _quality(paired, "candidate", primary)
+    bq = _quality(paired, "baseline", primary)
+    test = stats.mcnemar_exact([o.correct for o in cand], [o.correct for o in base])
+    return {
+        "primary_metric": primary,
+        "primary": ci.delta,
+        "macro_f1": None if cq["macro_f1"] is None else cq["macro_f1"] - bq["macro_f1"],
+        "accuracy": cq["accuracy"] - bq["accuracy"],
+        "ci_low": ci.ci_low,
+        "ci_high": ci.ci_high,
+        "confidence": ci.confidence,
+        "resamples": ci.resamples,
+        "seed": ci.seed,
+        "mcnemar_p": test.p_value,
+        "b": test.b,
+        "c": test.c,
+        "n_paired": len(paired),
+    }
+
+
+# Without a baseline the delta keeps its keys (the report's shape is stable) with None values.
+_NO_DELTA: Mapping[str, Any] = dict.fromkeys(
+    [
+        "primary_metric",
+        "primary",
+        "macro_f1",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "confidence",
+        "resamples",
+        "seed",
+        "mcnemar_p",
+        "b",
+        "c",
+        "n_paired",
+    ]
+)
+
+
+# --- the decision -------------------------------------------------------------------------
+
+
+def _label(primary: str) -> str:
+    return "macro-F1" if primary == "macro_f1" else "accuracy"
+
+
+def _integrity(results: Sequence[CaseResult], t: Thresholds, sel: Selection) -> list[Check]:
+    """Checks that the run is complete and error-free, before any metric is trusted."""
+    checks: list[Check] = []
+    errored = [r for r in results if r.error is not None]
+    no_candidate = [r for r in results if r.error is None and r.candidate is None]
+    problems = (
+        [f"{len(sel.errors)} session error(s): {'; '.join(sel.errors[:3])}"] if sel.errors else []
+    )
+    if errored:
+        first = "; ".join(f"{r.case_id}: {r.error}" for r in errored[:3])
+        problems.append(f"{len(errored)} case(s) errored ({first})")
+    if no_candidate:
+        problems.append(
+            f"{len(no_candidate)} case(s) have no candidate outcome: {_ids(no_candidate)}"
+        )
+    if len(results) < sel.selected:
+        problems.append(f"only {len(results)} of {sel.selected} selected cases reported a result")
+    checks.append(Check("errors", not problems, "; ".join(problems) or "no errors"))
+    if sel.selected < sel.total:
+        ok = t.allow_partial
+        detail = f"partial selection: {sel.selected} of {sel.total} golden cases selected" + (
+            " (allowed)" if ok else "; a partial run cannot pass unless partial runs are allowed"
+        )
+        checks.append(Check("selection", ok, detail))
+    else:
+        checks.append(Check("selection", True, f"whole golden set ({sel.total} cases)"))
+    return checks
+
+
+def _comparison(
+    valid: Sequence[CaseResult],
+    paired: Sequence[CaseResult],
+    primary: str,
+    t: Thresholds,
+    delta: Mapping[str, Any],
+    candidate: Mapping[str, Any],
+) -> list[Check]:
+    """Checks against the baseline and the absolute floor."""
+    name = _label(primary)
+    checks: list[Check] = []
+    unpaired = [c for c in valid if c.baseline is None]
+    if paired and unpaired:
+        detail = f"{len(unpaired)} case(s) have no baseline outcome: {_ids(unpaired)}"
+        checks.append(Check("baseline", False, detail))
+    if paired:
+        low, high, gain = delta["ci_low"], delta["ci_high"], delta["primary"]
+        ok = low > t.min_f1_gain
+        verb = "exceeds" if ok else "does not exceed"
+        level = f"{t.confidence * 100:g}%"
+        detail = f"{name} gain {gain:.3f} ({level} CI {low:.3f}..{high:.3f}) {verb} the required"
+        checks.append(Check("gain", ok, f"{detail} {t.min_f1_gain:.3f}"))
+        applied = any(_differs(_role(c, "candidate"), _role(c, "baseline")) for c in paired)
+        detail = (
+            "candidate outputs differ from the baseline's"
+            if applied
+            else f"candidate outputs and label log-likelihoods equal the baseline's on all "
+            f"{len(paired)} cases: the adapter was not applied (or equals the baseline)"
+        )
+        checks.append(Check("canary", applied, detail))
+    if t.min_f1 is not None:
+        value = candidate["primary"]
+        ok = value >= t.min_f1
+        verb = "meets" if ok else "is below"
+        detail = f"candidate {name} {value:.3f} {verb} the floor {t.min_f1:.3f}"
+        checks.append(Check("floor", ok, detail))
+    elif not paired:
+        detail = "no baseline outcomes and no min_f1 floor: nothing shows the candidate is good"
+        checks.append(Check("baseline", False, detail))
+    return checks
+
+
+def _budgets(
+    valid: Sequence[CaseResult],
+    paired: Sequence[CaseResult],
+    primary: str,
+    t: Thresholds,
+    candidate: Mapping[str, Any],
+) -> list[Check]:
+    """Latency budget, slice regressions and must_pass cases."""
+    checks: list[Check] = []
+    if t.max_p99_ms is not None:
+        p99 = candidate["latency_ms"]["p99"]
+        ok = p99 is not None and p99 <= t.max_p99_ms
+        verb = "within" if ok else "exceeds"
+        detail = f"candidate p99 latency {_fmt(p99, 1)} ms {verb} the budget {t.max_p99_ms:.1f} ms"
+        checks.append(Check("p99", ok, detail))
+    if t.max_slice_drop is not None:
+        if not paired:
+            checks.append(Check("slices", None, "slice drops not checked: no baseline"))
+        else:
+            drops = []
+            for tag, members in _slices(paired).items():
+                c = _quality(members, "candidate", primary)["primary"]
+                b = _quality(members, "baseline", primary)["primary"]
+                if b - c > t.max_slice_drop:
+                    name = _label(primary)
+                    drops.append(
+                        f"slice {tag!r} {name} dropped {b - c:.3f} ({b:.3f} -> {c:.3f}), "
+                        f"more than the allowed {t.max_slice_drop:.3f}"
+                    )
+            detail = "; ".join(drops) or f"no slice dropped more than {t.max_slice_drop:.3f}"
+            checks.append(Check("slices", not drops, detail))
+    critical = [c for c in valid if c.must_pass]
+    missed = [c for c in critical if not _role(c, "candidate").correct]
+    if critical:
+        detail = (
+            f"{len(missed)} of {len(critical)} must_pass case(s) missed by the candidate: "
+            f"{_ids(missed)}"
+            if missed
+            else f"all {len(critical)} must_pass cases pass"
+        )
+        checks.append(Check("must_pass", not missed, detail))
+    return checks
+
+
+def decide(results: Sequence[CaseResult], thresholds: Thresholds, selection: Selection) -> Verdict:
+    """Apply the gate's rule to per-case outcomes; every failing check becomes a reason."""
+    t = thresholds
+    partial = selection.selected < selection.total
+    base_metrics: dict[str, Any] = {
+        "n_cases": len(results),
+        "selected": selection.selected,
+        "total": selection.total,
+        "partial": partial,
+        "primary_metric": None,
+        "candidate": None,
+        "baseline": None,
+    }
+    if not results:
+        reason = "no cases were run: an empty selection cannot pass"
+        failed = (Check("errors", False, reason),)
+        limits = dataclasses.asdict(t)
+        return Verdict(False, (reason,), base_metrics, dict(_NO_DELTA), failed, limits)
+    valid = [r for r in results if r.error is None and r.candidate is not None]
+    paired = [r for r in valid if r.baseline is not None]
+    checks = _integrity(results, t, selection)
+    primary = _primary_metric(valid)
+    metrics = {**base_metrics, "primary_metric": primary}
+    delta: Mapping[str, Any] = dict(_NO_DELTA)
+    if valid:
+        metrics["candidate"] = role_metrics(valid, "candidate", primary)
+        if paired:
+            metrics["baseline"] = role_metrics(paired, "baseline", primary)
+            delta = _delta(paired, primary, t)
+        checks += _comparison(valid, paired, primary, t, delta, metrics["candidate"])
+        checks += _budgets(valid, paired, primary, t, metrics["candidate"])
+    reasons = tuple(c.detail for c in checks if c.passed is False)
+    return Verdict(not reasons, reasons, metrics, delta, tuple(checks), dataclasses.asdict(t))

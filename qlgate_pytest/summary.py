@@ -1,0 +1,231 @@
+"""Terminal summary of a gate report: one table, the reasons, the worst cases.
+
+Rendered from the report dict (not from live objects) so the summary always shows exactly
+what the JSON records, and an old report can be re-rendered. Never raises on a missing key:
+the terminal summary is the last thing pytest prints and must not hide the verdict.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+_WORST = 10
+# metric, baseline, candidate, delta, CI, threshold, result
+Row = tuple[str, str, str, str, str, str, str]
+_HEADER: Row = ("metric", "baseline", "candidate", "delta", "CI", "threshold", "result")
+
+
+def _num(x: Any, digits: int = 3, signed: bool = False) -> str:
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return "-"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _result(checks: Mapping[str, Any], name: str) -> str:
+    passed = checks.get(name)
+    return "-" if passed is None else ("PASS" if passed else "FAIL")
+
+
+def _get(m: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(m, dict):
+            return None
+        m = m.get(k)
+    return m
+
+
+def _rows(report: Mapping[str, Any]) -> list[Row]:
+    metrics = report.get("metrics") or {}
+    delta = report.get("delta") or {}
+    t = report.get("thresholds") or {}
+    checks = {c.get("name"): c.get("passed") for c in report.get("checks") or []}
+    cand, base = metrics.get("candidate"), metrics.get("baseline")
+    primary = metrics.get("primary_metric") or "macro_f1"
+    name = "macro-F1" if primary == "macro_f1" else "accuracy"
+    conf = delta.get("confidence")
+    level = f"{conf:.0%} " if isinstance(conf, float) else ""
+    low, high = _num(delta.get("ci_low"), signed=True), _num(delta.get("ci_high"), signed=True)
+    ci = f"{level}[{low}, {high}]" if delta.get("ci_low") is not None else "-"
+    gain = f"gain > {_num(t.get('min_f1_gain'))}" if base is not None else "-"
+    rows = [
+        (
+            name,
+            _num(_get(base, "primary")),
+            _num(_get(cand, "primary")),
+            _num(delta.get("primary"), signed=True),
+            ci,
+            gain,
+            _result(checks, "gain"),
+        )
+    ]
+    if primary == "macro_f1":
+        rows.append(
+            (
+                "accuracy",
+                _num(_get(base, "accuracy")),
+                _num(_get(cand, "accuracy")),
+                _num(delta.get("accuracy"), signed=True),
+                "-",
+                "-",
+                "-",
+            )
+        )
+    if t.get("min_f1") is not None:
+        rows.append(
+            (
+                f"{name} floor",
+                "-",
+                _num(_get(cand, "primary")),
+                "-",
+                "-",
+                f">= {_num(t['min_f1'])}",
+                _result(checks, "floor"),
+            )
+        )
+    for q in ("p50", "p95", "p99"):
+        b, c = _get(base, "latency_ms", q), _get(cand, "latency_ms", q)
+        diff = c - b if isinstance(b, float) and isinstance(c, float) else None
+        limit = t.get("max_p99_ms") if q == "p99" else None
+        rows.append(
+            (
+                f"latency {q} ms",
+                _num(b, 1),
+                _num(c, 1),
+                _num(diff, 1, signed=True),
+                "-",
+                f"<= {_num(limit, 1)}" if limit is not None else "-",
+                _result(checks, "p99") if q == "p99" else "-",
+            )
+        )
+    rows.append(
+        (
+            "tokens/s",
+            _num(_get(base, "tokens_per_s"), 1),
+            _num(_get(cand, "tokens_per_s"), 1),
+            "-",
+            "-",
+            "-",
+            "-",
+        )
+    )
+    rows += _slice_rows(cand, base, t, name)
+    mp = [c for c in report.get("cases") or [] if c.get("must_pass")]
+    if mp:
+        ok = sum(1 for c in mp if _get(c, "candidate", "correct"))
+        ok_b = sum(1 for c in mp if _get(c, "baseline", "correct"))
+        rows.append(
+            (
+                "must_pass",
+                f"{ok_b}/{len(mp)}" if base is not None else "-",
+                f"{ok}/{len(mp)}",
+                "-",
+                "-",
+                "all",
+                _result(checks, "must_pass"),
+            )
+        )
+    if "canary" in checks:
+        rows.append(("adapter applied", "-", "-", "-", "-", "differs", _result(checks, "canary")))
+    return rows
+
+
+def _slice_rows(cand: Any, base: Any, t: Mapping[str, Any], name: str) -> list[Row]:
+    rows: list[Row] = []
+    limit = t.get("max_slice_drop")
+    for tag, c in (_get(cand, "per_slice") or {}).items():
+        b = _get(base, "per_slice", tag)
+        cv, bv = _get(c, "primary"), _get(b, "primary")
+        diff = cv - bv if isinstance(cv, float) and isinstance(bv, float) else None
+        verdict = "-"
+        if limit is not None and diff is not None:
+            verdict = "FAIL" if -diff > limit else "PASS"
+        rows.append(
+            (
+                f"slice {tag} {name} (n={_get(c, 'n')})",
+                _num(bv),
+                _num(cv),
+                _num(diff, signed=True),
+                "-",
+                f"drop <= {_num(limit)}" if limit is not None else "-",
+                verdict,
+            )
+        )
+    return rows
+
+
+def _table(rows: list[Row]) -> list[str]:
+    widths = [max(len(r[i]) for r in [_HEADER, *rows]) for i in range(len(_HEADER))]
+    return [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in [_HEADER, *rows]
+    ]
+
+
+def _shown(role: Any) -> str:
+    if not isinstance(role, dict):
+        return "-"
+    text = role.get("predicted") or role.get("output") or ""
+    text = " ".join(str(text).split())
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{text!r} ({'right' if role.get('correct') else 'wrong'})"
+
+
+def worst_cases(report: Mapping[str, Any], limit: int = _WORST) -> list[dict[str, Any]]:
+    """Rows where the candidate is wrong: regressions (baseline right) first, then must_pass
+    misses, then misses both roles share; errored rows lead, since they alone turn it red."""
+
+    def rank(row: dict[str, Any]) -> int:
+        if row.get("error"):
+            return 0
+        if _get(row, "baseline", "correct"):
+            return 1
+        return 2 if row.get("must_pass") else 3
+
+    bad = [
+        r
+        for r in report.get("cases") or []
+        if r.get("error") or not _get(r, "candidate", "correct")
+    ]
+    return sorted(bad, key=rank)[:limit]
+
+
+def render_summary(report: Mapping[str, Any]) -> list[str]:
+    """The terminal summary lines for one gate report."""
+    metrics = report.get("metrics") or {}
+    verdict = "PASS" if report.get("passed") else "FAIL"
+    scope = f"{metrics.get('n_cases', 0)} cases"
+    if metrics.get("partial"):
+        scope += f", partial: {metrics.get('selected')} of {metrics.get('total')} selected"
+    lines = [f"qlgate: {verdict} ({scope})"]
+    if metrics.get("candidate") is not None:
+        lines += _table(_rows(report))
+    delta = report.get("delta") or {}
+    if delta.get("mcnemar_p") is not None:
+        lines.append(
+            f"McNemar exact p = {delta['mcnemar_p']:.4g} (candidate-only right b = {delta['b']}, "
+            f"baseline-only right c = {delta['c']})"
+        )
+    reasons = report.get("reasons") or []
+    if reasons:
+        lines.append("reasons:")
+        lines += [f"  - {r}" for r in reasons]
+    worst = worst_cases(report)
+    if worst:
+        n_bad = len(worst_cases(report, limit=len(report.get("cases") or [])))
+        lines.append(f"worst cases ({len(worst)} of {n_bad} where the candidate is wrong):")
+        for row in worst:
+            tags = f" [{', '.join(row.get('tags') or [])}]" if row.get("tags") else ""
+            if row.get("error"):
+                lines.append(f"  {row.get('id')}{tags}: error: {row['error']}")
+                continue
+            lines.append(
+                f"  {row.get('id')}{tags}: expected {str(row.get('expected'))[:40]!r}; "
+                f"candidate {_shown(row.get('candidate'))}, baseline {_shown(row.get('baseline'))}"
+            )
+    return lines
