@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "curate": ("training.curate_cli", "validate, scrub, dedup and augment raw chat JSONL"),
     "train": ("training.train_cli", "train a (Q)LoRA adapter on a curated dataset"),
     "model": ("training.model_cli", "resolve (and cache) a base model; print its directory"),
+    "doctor": ("training.doctor_cli", "check versions, CUDA, bf16, memory and the model cache"),
 }
 
 
