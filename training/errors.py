@@ -28,3 +28,29 @@ class DataError(TrainingError):
 
 class TrainingFailed(TrainingError):
     """Training stopped itself; no adapter was promoted."""
+
+
+class DivergenceDetected(TrainingFailed):
+    """The divergence guard stopped the run (NaN/inf, loss above threshold, spikes, zero grads)."""
+
+    def __init__(self, message: str, *, step: int, value: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.value = value
+
+
+class OutOfMemory(TrainingFailed):
+    """The device ran out of memory; the message names the next setting to try."""
+
+    def __init__(self, message: str, *, micro_batch_size: int, accumulation: int) -> None:
+        super().__init__(message)
+        self.micro_batch_size = micro_batch_size
+        self.accumulation = accumulation
+
+
+class TeacherError(TrainingError):
+    """An augmentation teacher (a local model or an OpenAI-compatible endpoint) failed."""
+
+
+class OutputExistsError(TrainingError):
+    """An output directory exists and is not one qlgate wrote, so it is not replaced."""

@@ -1,0 +1,341 @@
+"""Duplicate detection: exact (normalised conversation hash) and near (MinHash LSH over character
+shingles of the prompt, verified by exact Jaccard).
+
+Near-duplicate search runs in two steps so the whole corpus never needs Python-level signatures:
+1. ``CandidateIndex`` streams prompt batches into rensa's LSH as compact digest matrices (token
+   hashes are computed in numpy) and at the end flags every row that shares a band with another.
+2. ``similar_pairs`` takes only the flagged rows, recomputes their signatures, bands them in
+   numpy and verifies each candidate pair with the exact Jaccard of the shingle sets.
+
+Groups are connected components of verified pairs, which depend only on the texts, so the result
+does not depend on input order; which member of a group is kept (the first) is the caller's rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated
+
+import numpy as np
+import numpy.typing as npt
+import rensa
+from pydantic import ConfigDict, Field, with_config
+
+U64 = npt.NDArray[np.uint64]
+_NON_WORD = re.compile(r"[\W_]+")
+# Bucket sizes up to this are verified pair by pair; larger ones (hundreds of templated
+# messages sharing a band) anchor on their smallest key to stay near-linear.
+_ALL_PAIRS_MAX = 32
+# Estimates this close to a threshold are settled by the exact Jaccard (about 3 standard
+# deviations of a 128-permutation estimate).
+_EXACT_MARGIN = 0.1
+_SIGNATURE_BATCH = 4096
+_MIX1 = np.uint64(0xFF51AFD7ED558CCD)
+_MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
+_BASE = np.uint64(1_000_003)
+
+
+@with_config(ConfigDict(extra="forbid"))
+@dataclass(frozen=True)
+class NearDupConfig:
+    """MinHash LSH settings: Jaccard threshold, signature length, shingle size and seed."""
+
+    threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.85
+    num_perm: Annotated[int, Field(ge=16, le=1024)] = 128
+    shingle: Annotated[int, Field(ge=1, le=32)] = 5
+    seed: int = 0
+
+
+def normalize_text(text: str) -> str:
+    """Case-folded, NFKC-normalised text with runs of whitespace collapsed: the identity used by
+    exact dedup and record ids."""
+    cached = _NORMALIZED.get(text)
+    if cached is not None:
+        return cached
+    folded = text if text.isascii() else unicodedata.normalize("NFKC", text)
+    result = " ".join(folded.casefold().split())
+    # System prompts and class answers repeat on every record; remember the short ones.
+    if len(text) <= 1024:
+        if len(_NORMALIZED) >= 16384:
+            _NORMALIZED.clear()
+        _NORMALIZED[text] = result
+    return result
+
+
+_NORMALIZED: dict[str, str] = {}
+
+
+def conversation_id(messages: Iterable[tuple[str, str]]) -> str:
+    """16-hex content hash of the normalised conversation (the dataset's ``id`` column)."""
+    joined = "\x1e".join(f"{role}\x1f{normalize_text(content)}" for role, content in messages)
+    return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
+
+
+# ASCII bytes -> lower-case letters and digits kept, everything else a space.
+_ALNUM = bytes(
+    (c + 32 if 65 <= c <= 90 else c) if (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122) else 32
+    for c in range(256)
+)
+
+
+def similarity_text(text: str) -> str:
+    """Text as compared by near-dup and leakage: letters and digits only, lower case (or the
+    normalised text itself when it has no letters or digits, so "???" differs from "!!!")."""
+    if text.isascii():
+        # bytes.translate is one C pass; the regex below costs several times more.
+        words = text.encode().translate(_ALNUM).split()
+        if words:
+            return b" ".join(words).decode()
+        return " ".join(text.lower().split())
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    found = _NON_WORD.sub(" ", folded).split()
+    return " ".join(found) if found else " ".join(folded.split())
+
+
+def prompt_text(messages: Iterable[tuple[str, str]]) -> str:
+    """The user turns joined: what near-dup, poisoning and leakage checks compare."""
+    return "\n".join(content for role, content in messages if role == "user")
+
+
+def shingle_hashes(texts: Sequence[str], size: int) -> tuple[U64, U64]:
+    """Hashes of each text's character ``size``-grams as one flat array plus row offsets
+    (``offsets[i]:offsets[i+1]`` are text ``i``'s); a text shorter than ``size`` is one shingle.
+    Computed with numpy over the batch's code points, so the cost per text is a few array ops."""
+    n = len(texts)
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
+    points = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    starts = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    total = len(points)
+    span = max(total - size + 1, 0)
+    rolled = np.zeros(span, dtype=np.uint64)
+    for offset in range(size):
+        rolled = rolled * _BASE + points[offset : offset + span]
+    # A text contributes the windows that start and end inside it.
+    per_text = np.maximum(lengths - size + 1, 0)
+    owner = np.repeat(np.arange(n), per_text)
+    first = np.repeat(starts[:-1], per_text)
+    within = np.arange(len(owner)) - np.repeat(np.cumsum(per_text) - per_text, per_text)
+    hashes = rolled[first + within] if len(owner) else np.zeros(0, dtype=np.uint64)
+    short = np.flatnonzero((lengths < size) & (lengths > 0))
+    counts = per_text.copy()
+    if len(short):
+        # Short texts hash whole, so "hi" still has a signature and equals only "hi".
+        extra = np.array([_whole_hash(texts[int(i)]) for i in short], dtype=np.uint64)
+        counts[short] = 1
+        order = np.argsort(np.concatenate([owner, short]), kind="stable")
+        hashes = np.concatenate([hashes, extra])[order]
+    offsets = np.zeros(n + 1, dtype=np.uint64)
+    np.cumsum(counts, out=offsets[1:])
+    return _mix(hashes), offsets
+
+
+def _whole_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _mix(values: U64) -> U64:
+    # splitmix64 finaliser: the polynomial hash of similar shingles is not well spread.
+    values = values ^ (values >> np.uint64(33))
+    values = values * _MIX1
+    values = values ^ (values >> np.uint64(33))
+    values = values * _MIX2
+    return values ^ (values >> np.uint64(33))
+
+
+def choose_bands(num_perm: int, threshold: float, recall: float = 0.99) -> int:
+    """The fewest LSH bands (longest rows, fewest false candidates) that still make a pair at
+    ``threshold`` a candidate with probability >= ``recall``."""
+    for bands in sorted(b for b in range(1, num_perm + 1) if num_perm % b == 0):
+        rows = num_perm // bands
+        if 1.0 - (1.0 - threshold**rows) ** bands >= recall:
+            return bands
+    return num_perm
+
+
+class CandidateIndex:
+    """Streaming LSH over prompt texts: ``add`` batches, then ``flags()`` says which rows share
+    a band with any other row (the only rows that can have a near-duplicate)."""
+
+    def __init__(self, config: NearDupConfig, min_threshold: float) -> None:
+        self.config = config
+        self.bands = choose_bands(config.num_perm, min_threshold)
+        self._lsh = rensa.RMinHashLSH(min_threshold, config.num_perm, self.bands)
+        self._matrices: list[rensa.RMinHashDigestMatrix] = []
+        self.size = 0
+
+    def add(self, texts: Sequence[str]) -> None:
+        if not texts:
+            return
+        hashes, offsets = shingle_hashes(texts, self.config.shingle)
+        matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
+            hashes, offsets, self.config.num_perm, self.config.seed
+        )
+        self._lsh.insert_matrix(matrix, start_key=self.size)
+        self._matrices.append(matrix)
+        self.size += len(texts)
+
+    def flags(self) -> npt.NDArray[np.bool_]:
+        parts = [
+            np.asarray(self._lsh.query_duplicate_flags_matrix(m), dtype=bool)
+            for m in self._matrices
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
+def signatures(hashes: U64, offsets: U64, config: NearDupConfig) -> npt.NDArray[np.uint32]:
+    matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
+        hashes, offsets, config.num_perm, config.seed
+    )
+    return np.asarray(matrix.to_rows(), dtype=np.uint32).reshape(-1, config.num_perm)
+
+
+def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
+    if not a and not b:
+        return 1.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+def candidate_pairs(
+    sigs: npt.NDArray[np.uint32], order_keys: Sequence[str], bands: int
+) -> npt.NDArray[np.int64]:
+    """Distinct pairs ``(i, j)``, ``i < j``, of rows sharing at least one LSH band, as an
+    ``(n, 2)`` array. A bucket of more than ``_ALL_PAIRS_MAX`` rows pairs each member with the
+    bucket's smallest ``order_keys`` member only, so the result never depends on row order."""
+    n, num_perm = sigs.shape
+    rows = num_perm // bands
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(np.asarray(order_keys, dtype=object), kind="stable")] = np.arange(n)
+    weights = _band_weights(rows)
+    found: list[npt.NDArray[np.int64]] = []
+    for band in range(bands):
+        block = sigs[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        keys = (block * weights).sum(axis=1, dtype=np.uint64)
+        order = np.lexsort((rank, keys))
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        sizes = np.diff(np.r_[starts, n])
+        # Buckets of two (the common case) become pairs in one vectorised step.
+        pairs_of_two = starts[sizes == 2]
+        found.append(np.stack([order[pairs_of_two], order[pairs_of_two + 1]], axis=1))
+        for start, size in zip(starts[sizes > 2].tolist(), sizes[sizes > 2].tolist(), strict=True):
+            members = order[start : start + size]
+            if size <= _ALL_PAIRS_MAX:
+                i, j = _triu(size)
+                found.append(np.stack([members[i], members[j]], axis=1))
+            else:
+                anchor = np.full(size - 1, members[0])  # smallest order key: lexsort put it first
+                found.append(np.stack([anchor, members[1:]], axis=1))
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.concatenate(found).astype(np.int64)
+    pairs.sort(axis=1)
+    return np.unique(pairs, axis=0)
+
+
+@lru_cache(maxsize=_ALL_PAIRS_MAX + 1)
+def _triu(size: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    i, j = np.triu_indices(size, k=1)
+    return i, j
+
+
+def _band_weights(rows: int) -> U64:
+    generator = np.random.default_rng(0x51_6E_61)
+    return generator.integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
+
+
+def _ordered(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a < b else (b, a)
+
+
+class UnionFind:
+    """Disjoint sets over ``0..n-1`` with path halving."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> list[list[int]]:
+        """Sets with two or more members, each sorted, in order of their smallest member."""
+        buckets: dict[int, list[int]] = {}
+        for x in range(len(self.parent)):
+            buckets.setdefault(self.find(x), []).append(x)
+        return [members for _, members in sorted(buckets.items()) if len(members) > 1]
+
+
+def near_duplicate_groups(texts: Sequence[str], config: NearDupConfig) -> list[list[int]]:
+    """Groups of indices whose similarity texts are near-duplicates (pure, whole-list form of
+    what the pipeline does in streaming steps; used by tests and small inputs)."""
+    prepared = [similarity_text(t) for t in texts]
+    bands = choose_bands(config.num_perm, config.threshold)
+    union = UnionFind(len(prepared))
+    for a, b, similarity in near_pairs(prepared, prepared, config, bands, [config.threshold]):
+        if similarity >= config.threshold:
+            union.union(a, b)
+    return union.groups()
+
+
+def near_pairs(
+    texts: Sequence[str],
+    order_keys: Sequence[str],
+    config: NearDupConfig,
+    bands: int,
+    thresholds: Sequence[float],
+) -> list[tuple[int, int, float]]:
+    """LSH candidate pairs ``(i, j, similarity)``, ``i < j``, among similarity texts that may
+    reach the lowest of ``thresholds``. The similarity is the MinHash estimate, replaced by the
+    exact shingle Jaccard wherever the estimate lies within ``_EXACT_MARGIN`` of a threshold, so
+    no decision at a threshold rests on the estimate's noise (sd ~0.03 at 128 permutations)."""
+    if len(texts) < 2:
+        return []
+    # Signatures batch by batch: the shingle arrays of a whole corpus would dwarf them.
+    batches = [texts[i : i + _SIGNATURE_BATCH] for i in range(0, len(texts), _SIGNATURE_BATCH)]
+    sigs = np.concatenate(
+        [signatures(*shingle_hashes(batch, config.shingle), config) for batch in batches]
+    )
+    pairs = candidate_pairs(sigs, order_keys, bands)
+    if not len(pairs):
+        return []
+    estimate = np.empty(len(pairs))
+    for start in range(0, len(pairs), 65536):
+        chunk = pairs[start : start + 65536]
+        estimate[start : start + len(chunk)] = (sigs[chunk[:, 0]] == sigs[chunk[:, 1]]).mean(axis=1)
+    lowest = min(thresholds)
+    close = np.zeros(len(pairs), dtype=bool)
+    for threshold in thresholds:
+        close |= np.abs(estimate - threshold) < _EXACT_MARGIN
+    keep = (estimate >= lowest - _EXACT_MARGIN) | close
+    cache: dict[int, frozenset[int]] = {}
+
+    def shingles(row: int) -> frozenset[int]:
+        found = cache.get(row)
+        if found is None:
+            hashes, _ = shingle_hashes([texts[row]], config.shingle)
+            found = cache[row] = frozenset(hashes.tolist())
+        return found
+
+    result = []
+    for (a, b), similarity, exact in zip(
+        pairs[keep].tolist(), estimate[keep].tolist(), close[keep].tolist(), strict=True
+    ):
+        if exact:
+            similarity = jaccard(shingles(a), shingles(b))
+        result.append((a, b, similarity))
+    return result

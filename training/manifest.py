@@ -1,0 +1,279 @@
+"""What a curation run leaves behind, and how it gets there atomically.
+
+Everything is built in a hidden staging directory beside the target and renamed into place at
+the end, so a crashed or failed run never leaves a directory that looks like a finished one (the
+manifest is written last, and only a directory with a manifest is ever replaced).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from training.errors import OutputExistsError
+
+if TYPE_CHECKING:
+    from training.curate_config import CurateConfig
+    from training.leakage import GoldenPrompts
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.jsonl"
+DATASET = "dataset"
+SPLITS = ("train", "validation")
+_WRITE_BATCH = 8192
+_VERSIONED = (
+    "qlgate",
+    "datasets",
+    "pyarrow",
+    "pydantic",
+    "orjson",
+    "rensa",
+    "numpy",
+    "phonenumbers",
+    "python-stdnum",
+    "transformers",
+    "torch",
+)
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh staging directory next to ``out`` (same filesystem, so the final rename is
+    atomic). Refuses to go ahead if ``out`` holds something other than an earlier run."""
+    if out.exists():
+        if not out.is_dir():
+            raise OutputExistsError(f"output {out} exists and is not a directory")
+        if any(out.iterdir()) and not (out / MANIFEST).is_file():
+            raise OutputExistsError(
+                f"output directory {out} is not empty and has no {MANIFEST}; "
+                "refusing to replace what curation did not write"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+
+
+def promote(staging: Path, out: Path) -> None:
+    """Move the finished staging directory to ``out``, replacing an earlier run's output."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(trash / out.name)
+        staging.rename(out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def write_json_atomic(obj: Mapping[str, Any], path: Path) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename."""
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+            stream.write(b"\n")
+        Path(temp).replace(path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+class DatasetSink:
+    """Streams kept rows into one Arrow file per split, hashing them as it goes, then saves a
+    ``DatasetDict`` (docs/CONTRACTS.md, "Curated dataset") with ``save_to_disk``."""
+
+    def __init__(self, staging: Path) -> None:
+        from datasets import Features, List, Value
+        from datasets.arrow_writer import ArrowWriter
+
+        self.features = Features(
+            {
+                "id": Value("string"),
+                "messages": List({"role": Value("string"), "content": Value("string")}),
+                "label": Value("string"),
+                "source": Value("string"),
+                "metadata": Value("string"),
+            }
+        )
+        self._dir = staging / ".arrow"
+        self._dir.mkdir()
+        self._writers = {
+            split: ArrowWriter(features=self.features, path=str(self._dir / f"{split}.arrow"))
+            for split in SPLITS
+        }
+        self._buffers: dict[str, dict[str, list[Any]]] = {s: _empty_columns() for s in SPLITS}
+        self._hashes: list[tuple[str, str, str]] = []
+        self.counts: dict[str, int] = dict.fromkeys(SPLITS, 0)
+        self.labels: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
+
+    def add(
+        self,
+        split: str,
+        row_id: str,
+        messages: Sequence[Sequence[str]],
+        label: str | None,
+        source: str,
+        metadata: Mapping[str, Any],
+    ) -> None:
+        meta_json = orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()
+        turns = [{"role": role, "content": content} for role, content in messages]
+        columns = self._buffers[split]
+        columns["id"].append(row_id)
+        columns["messages"].append(turns)
+        columns["label"].append(label)
+        columns["source"].append(source)
+        columns["metadata"].append(meta_json)
+        canonical = orjson.dumps([split, row_id, turns, label, source, meta_json])
+        self._hashes.append((split, row_id, hashlib.sha256(canonical).hexdigest()))
+        self.counts[split] += 1
+        key = label if label is not None else "<none>"
+        self.labels[split][key] = self.labels[split].get(key, 0) + 1
+        if len(columns["id"]) >= _WRITE_BATCH:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        columns = self._buffers[split]
+        if columns["id"]:
+            self._writers[split].write_batch(columns)
+            self._buffers[split] = _empty_columns()
+
+    def content_sha256(self) -> str:
+        """Hash of the kept rows, independent of the order they were written in."""
+        digest = hashlib.sha256()
+        for split, row_id, row_hash in sorted(self._hashes):
+            digest.update(f"{split}\t{row_id}\t{row_hash}\n".encode())
+        return digest.hexdigest()
+
+    def save(self, target: Path) -> None:
+        import datasets
+        from datasets import Dataset, DatasetDict
+
+        for split in SPLITS:
+            self._flush(split)
+            self._writers[split].finalize()
+            self._writers[split].close()
+        enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            parts = {
+                split: Dataset.from_file(str(self._dir / f"{split}.arrow")) for split in SPLITS
+            }
+            DatasetDict(parts).save_to_disk(str(target))
+        finally:
+            if enabled:
+                datasets.enable_progress_bars()
+        del parts
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _empty_columns() -> dict[str, list[Any]]:
+    return {"id": [], "messages": [], "label": [], "source": [], "metadata": []}
+
+
+def stratified_split(
+    ids: Mapping[int, str], labels: Mapping[int, str | None], fraction: float, seed: int
+) -> dict[int, str]:
+    """Record index -> "train" | "validation", per label: sort by content id, shuffle with a
+    seed derived from the label, hold out ``fraction`` (at least one of each label that has two
+    or more records, never all). Input order plays no part."""
+    import random
+
+    by_label: dict[str, list[int]] = {}
+    for index in ids:
+        by_label.setdefault(labels[index] or "<none>", []).append(index)
+    split: dict[int, str] = {}
+    for label, members in sorted(by_label.items()):
+        members.sort(key=lambda i: (ids[i], i))
+        random.Random(f"{seed}:{label}").shuffle(members)
+        held = round(fraction * len(members))
+        if fraction > 0 and len(members) >= 2:
+            held = min(max(held, 1), len(members) - 1)
+        for position, index in enumerate(members):
+            split[index] = "validation" if position < held else "train"
+    return split
+
+
+def build_manifest(
+    config: CurateConfig,
+    stats: Mapping[str, Any],
+    *,
+    stages: Mapping[str, int],
+    reasons: Mapping[str, int],
+    sink: DatasetSink,
+    after: Mapping[str, int],
+    warnings: Sequence[Mapping[str, Any]],
+    golden: GoldenPrompts | None,
+    augment: Mapping[str, Any],
+    bands: int,
+) -> dict[str, Any]:
+    """The manifest (docs/CONTRACTS.md): counts per stage, labels before and after, PII found,
+    poisoning findings, configuration and library versions. Stage counts are of quarantined
+    lines by primary reason, plus ``pii_scrubbed`` (admitted records with PII replaced) and
+    ``poison_flagged`` (quarantined or kept with a warning)."""
+    from training.curate_config import config_to_dict
+
+    kept = sum(after.values())
+    counts = {
+        "read": stats["read"],
+        "invalid_json": stages.get("invalid_json", 0),
+        "schema": stages.get("schema", 0),
+        "quality": stages.get("quality", 0),
+        "pii_scrubbed": stats["pii_records"],
+        "exact_dup": stages.get("exact_dup", 0),
+        "near_dup": stages.get("near_dup", 0),
+        "poison_flagged": stages.get("poison", 0) + sum(len(w["lines"]) for w in warnings),
+        "poison_quarantined": stages.get("poison", 0),
+        "leakage": stages.get("leakage", 0),
+        "augmented": int(augment.get("accepted", 0)),
+        "kept": kept,
+        "quarantined": sum(stages.values()),
+        "train": sink.counts["train"],
+        "validation": sink.counts["validation"],
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "input": {"path": stats["input_path"], "bytes": stats["input_bytes"]},
+        "input_sha256": stats["input_sha256"],
+        "content_sha256": sink.content_sha256(),
+        "counts": counts,
+        "reasons": dict(sorted(reasons.items())),
+        "labels": {
+            "before": dict(sorted(stats["labels_before"].items())),
+            "after": dict(sorted(after.items())),
+            "train": dict(sorted(sink.labels["train"].items())),
+            "validation": dict(sorted(sink.labels["validation"].items())),
+        },
+        "pii": {"records": stats["pii_records"], "by_type": dict(sorted(stats["pii"].items()))},
+        "dedup": {"near_dup_groups": stats["near_groups"], "lsh_bands": bands},
+        "poison": {
+            "conflict_groups": stats["conflict_groups"],
+            "triggers": stats["triggers"],
+            "trigger_search": stats.get("trigger_search", {}),
+            "warnings": list(warnings),
+        },
+        "leakage": {
+            "golden": None
+            if golden is None
+            else {"path": golden.path, "cases": len(golden.ids), "sha256": golden.sha256}
+        },
+        "augment": dict(augment),
+        "config": config_to_dict(config),
+        "versions": library_versions(),
+    }

@@ -1,0 +1,158 @@
+"""Quarantine rows: one per rejected input line, with machine-readable reasons and a message.
+
+Reason codes are grouped into the pipeline stages whose counts the manifest reports; a row's
+first reason is its primary one, so per-stage counts add up to the number of quarantined lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+# stage -> reason codes. Stage names are the manifest's ``counts`` keys.
+STAGES: Mapping[str, tuple[str, ...]] = {
+    "invalid_json": ("blank_line", "not_utf8", "invalid_json", "not_an_object", "line_too_long"),
+    "schema": (
+        "schema_missing_field",
+        "schema_unknown_key",
+        "schema_bad_role",
+        "schema_empty_content",
+        "schema_no_user_turn",
+        "schema_last_turn_not_assistant",
+        "schema_too_short",
+        "schema_out_of_range",
+        "schema_wrong_type",
+        "schema_invalid",
+        "label_not_allowed",
+        "label_answer_mismatch",
+    ),
+    "quality": ("quality_below_min", "quality_missing"),
+    "exact_dup": ("exact_duplicate",),
+    "near_dup": ("near_duplicate",),
+    "poison": ("conflicting_answers", "trigger_ngram", "injection_in_answer", "url_in_answer"),
+    "leakage": ("golden_leakage",),
+}
+STAGE_OF: Mapping[str, str] = {code: stage for stage, codes in STAGES.items() for code in codes}
+REASONS: tuple[str, ...] = tuple(STAGE_OF)
+# Reasons that point at a kept twin: such a row inherits the twin's reasons if the twin is
+# itself quarantined later, so the pointer never silently leads to a rejected line.
+DUPLICATE_REASONS = frozenset({"exact_duplicate", "near_duplicate"})
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    """One rejected input line."""
+
+    line: int
+    raw: bytes
+    reasons: tuple[str, ...]
+    field: str | None
+    message: str
+    duplicate_of: int | None = None
+    truncated_size: int | None = None
+    detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.reasons if r not in STAGE_OF]
+        if not self.reasons or unknown:
+            raise ValueError(f"quarantine row for line {self.line}: bad reasons {self.reasons}")
+
+    @property
+    def stage(self) -> str:
+        return STAGE_OF[self.reasons[0]]
+
+    def to_json(self) -> bytes:
+        row: dict[str, Any] = {"line": self.line}
+        try:
+            row["raw"] = self.raw.decode("utf-8")
+            row["raw_encoding"] = "utf-8"
+        except UnicodeDecodeError:
+            row["raw"] = repr(self.raw)
+            row["raw_encoding"] = "repr"
+        if self.truncated_size is not None:
+            row["truncated"] = True
+            row["size_bytes"] = self.truncated_size
+        row["reasons"] = list(self.reasons)
+        row["stage"] = self.stage
+        row["field"] = self.field
+        row["message"] = self.message
+        if self.duplicate_of is not None:
+            row["duplicate_of"] = self.duplicate_of
+        if self.detail:
+            row["detail"] = dict(self.detail)
+        return orjson.dumps(row) + b"\n"
+
+
+def message_for(line: int, field_name: str | None, text: str) -> str:
+    """The human message: ``line 17: field messages[2].content: content is empty``."""
+    where = f"field {field_name}: " if field_name else ""
+    return f"line {line}: {where}{text}"
+
+
+class QuarantineWriter:
+    """Appends rows to a JSONL file in the order given and tallies them by stage and reason."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: BinaryIO = path.open("wb")
+        self.by_stage: dict[str, int] = dict.fromkeys(STAGES, 0)
+        self.by_reason: dict[str, int] = {}
+        self.rows = 0
+
+    def write(self, row: QuarantineRow) -> None:
+        self._handle.write(row.to_json())
+        self.rows += 1
+        self.by_stage[row.stage] += 1
+        for reason in row.reasons:
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> QuarantineWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def merge_by_line(parts: Sequence[Path], out: Path) -> None:
+    """Merge quarantine files that are each in line order into one file in line order."""
+    with out.open("wb") as handle:
+        for _, row in heapq.merge(*(_keyed(p) for p in parts)):
+            handle.write(row)
+
+
+def _keyed(path: Path) -> Iterator[tuple[int, bytes]]:
+    with path.open("rb") as handle:
+        for row in handle:
+            yield int(orjson.loads(row)["line"]), row
+
+
+def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a quarantine file (for tests and tools)."""
+    with path.open("rb") as handle:
+        for row in handle:
+            yield orjson.loads(row)
+
+
+def describe_reason(reason: str, twin_line: int | None, detail: Mapping[str, Any]) -> str:
+    """The human message for a reason decided after the first pass."""
+    texts = {
+        "exact_duplicate": f"exact duplicate of line {twin_line}",
+        "near_duplicate": f"near-duplicate of line {twin_line}",
+        "conflicting_answers": "near-identical prompts with conflicting answers on lines "
+        f"{detail.get('conflict_group')}",
+        "trigger_ngram": f"prompt holds trigger n-gram {detail.get('trigger')!r}",
+        "injection_in_answer": f"assistant turn holds an injection payload {detail.get('match')!r}",
+        "url_in_answer": f"assistant turn holds a URL payload {detail.get('match')!r}",
+        "golden_leakage": f"prompt near-duplicates golden case {detail.get('golden_case')!r} "
+        f"(Jaccard {detail.get('golden_similarity')})",
+    }
+    return texts.get(reason, reason)
