@@ -1,10 +1,14 @@
 """The training package's exceptions, one small tree.
 
-    TrainingError                 base; ``python -m training`` prints its message on one line, exit 2
-    ├── ModelResolutionError      a base model cannot be resolved offline
-    ├── ConfigError               a config file or option has a bad key or value
-    ├── DataError                 input data cannot be read at all (a bad *line* is quarantined instead)
-    └── TrainingFailed            a run stopped itself (divergence, zero gradients, out of memory)
+    TrainingError             base; ``python -m training`` prints it on one line, exit 2
+    ├── ModelResolutionError  a base model cannot be resolved offline
+    ├── ConfigError           a config file or option has a bad key or value
+    ├── DataError             input cannot be read at all (a bad *line* is quarantined instead)
+    ├── TeacherError          the augmentation teacher model failed
+    ├── OutputExistsError     an output directory exists and is not ours to replace
+    └── TrainingFailed        a run stopped itself; no adapter was promoted
+        ├── DivergenceDetected    NaN/inf, loss above the cap, a spike, or zero LoRA gradients
+        └── OutOfMemory           with the next setting to try
 """
 
 from __future__ import annotations

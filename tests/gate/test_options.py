@@ -1,0 +1,254 @@
+"""Gate options: validators, precedence (CLI > env > ini > default), errors naming the source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qlgate_pytest.errors import OptionError
+from qlgate_pytest.options import (
+    OPTIONS,
+    BaselineSpec,
+    GateOptions,
+    parse_bool,
+    parse_confidence,
+    parse_device,
+    parse_max_slice_drop,
+    parse_min_f1_gain,
+    parse_positive_int,
+    resolve_options,
+)
+
+Adapters = Any  # tests/gate/conftest.py's Adapters (conftest modules are not importable)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A rootdir with golden/, an adapter-looking directory and a report file."""
+    (tmp_path / "golden").mkdir()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "old-report.json").write_text("{}", encoding="utf-8")
+    return tmp_path
+
+
+def resolve(
+    project: Path,
+    cli: dict[str, object] | None = None,
+    env: dict[str, str] | None = None,
+    ini: dict[str, str] | None = None,
+) -> GateOptions:
+    return resolve_options(
+        cli or {}, env or {}, ini or {}, cwd=project, rootdir=project, ini_file="pyproject.toml"
+    )
+
+
+def test_defaults_leave_the_gate_inert(project: Path) -> None:
+    """With nothing set the gate is inactive and every setting has its documented default."""
+    opts = resolve(project)
+    assert not opts.active
+    assert (opts.baseline, opts.engine, opts.min_f1_gain, opts.confidence) == (
+        BaselineSpec("base"),
+        "hf",
+        0.0,
+        0.95,
+    )
+    assert opts.golden == project / "golden" and opts.max_p99_ms is None
+
+
+def test_cli_beats_env_beats_ini(project: Path) -> None:
+    """The same option set three ways takes the command line's value, then env's, then ini's."""
+    ini = {"qlgate_min_f1_gain": "0.1", "qlgate_confidence": "0.9", "qlgate_max_p99_ms": "300"}
+    env = {"QLGATE_MIN_F1_GAIN": "0.2", "QLGATE_CONFIDENCE": "0.8"}
+    opts = resolve(project, cli={"min_f1_gain": "0.3"}, env=env, ini=ini)
+    assert (opts.min_f1_gain, opts.confidence, opts.max_p99_ms) == (0.3, 0.8, 300.0)
+    assert opts.sources == {
+        "min_f1_gain": "command line --min-f1-gain",
+        "confidence": "environment variable QLGATE_CONFIDENCE",
+        "max_p99_ms": "ini option qlgate_max_p99_ms in pyproject.toml",
+    }
+
+
+@pytest.mark.parametrize(
+    ("where", "expected_source"),
+    [
+        ("cli", "command line --confidence"),
+        ("env", "environment variable QLGATE_CONFIDENCE"),
+        ("ini", "ini option qlgate_confidence in pyproject.toml"),
+    ],
+)
+def test_bad_value_names_option_value_and_source(
+    project: Path, where: str, expected_source: str
+) -> None:
+    """A bad value from any source is an OptionError naming the option, value and source."""
+    kwargs = {
+        "cli": {"cli": {"confidence": "1.5"}},
+        "env": {"env": {"QLGATE_CONFIDENCE": "1.5"}},
+        "ini": {"ini": {"qlgate_confidence": "1.5"}},
+    }[where]
+    with pytest.raises(OptionError) as info:
+        resolve(project, **kwargs)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "--confidence" in message and "'1.5'" in message and expected_source in message
+
+
+def test_paths_resolve_against_cwd_or_rootdir(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """CLI/env paths are relative to the invocation dir, ini paths to the rootdir."""
+    elsewhere = tmp_path_factory.mktemp("cwd")
+    (elsewhere / "adapter").mkdir()
+    (elsewhere / "adapter" / "adapter_config.json").write_text("{}", encoding="utf-8")
+    opts = resolve_options(
+        {"candidate": "adapter"},
+        {},
+        {"qlgate_gate_report": "out/r.json"},
+        cwd=elsewhere,
+        rootdir=project,
+    )
+    assert opts.candidate == elsewhere / "adapter"
+    assert opts.gate_report == project / "out" / "r.json"
+    assert opts.active
+
+
+def test_baseline_kinds(project: Path) -> None:
+    """--baseline accepts 'base', an adapter directory or a report file, and nothing else."""
+    assert resolve(project, cli={"baseline": "adapter"}).baseline == BaselineSpec(
+        "adapter", project / "adapter"
+    )
+    assert resolve(project, cli={"baseline": "old-report.json"}).baseline.kind == "report"
+    with pytest.raises(OptionError, match="--baseline"):
+        resolve(project, cli={"baseline": "missing.json"})
+    with pytest.raises(OptionError, match="not a peft adapter"):
+        resolve(project, cli={"baseline": "golden"})
+
+
+def test_candidate_must_be_an_adapter_directory(project: Path) -> None:
+    """--candidate pointing at a missing or non-adapter directory is refused up front."""
+    with pytest.raises(OptionError, match="no such directory"):
+        resolve(project, cli={"candidate": "nope"})
+    with pytest.raises(OptionError, match=r"adapter_config\.json"):
+        resolve(project, cli={"candidate": "golden"})
+
+
+def test_candidate_and_train_data_exclude_each_other(project: Path) -> None:
+    """Gating an adapter and training one are alternatives, and train_config needs train_data."""
+    with pytest.raises(OptionError, match="exclude each other"):
+        resolve(project, cli={"candidate": "adapter", "train_data": "golden"})
+    (project / "train.toml").write_text("", encoding="utf-8")
+    with pytest.raises(OptionError, match="needs --train-data"):
+        resolve(project, env={"QLGATE_TRAIN_CONFIG": "train.toml"})
+
+
+def test_missing_default_golden_dir_is_a_usage_error(tmp_path: Path) -> None:
+    """An active gate without a golden set says where it looked and how to point elsewhere."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "adapter_config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(OptionError, match=r"no golden set at .*--golden"):
+        resolve(tmp_path, cli={"candidate": "a"})
+
+
+def test_unknown_engine_suggests_a_known_one(project: Path) -> None:
+    """A typo in --engine gets a 'did you mean'."""
+    with pytest.raises(OptionError, match="did you mean 'hf'"):
+        resolve(project, cli={"engine": "hff"})
+
+
+@pytest.mark.parametrize(
+    ("parse", "bad"),
+    [
+        (parse_min_f1_gain, "1.0"),
+        (parse_min_f1_gain, "-1.5"),
+        (parse_min_f1_gain, "nan"),
+        (parse_confidence, "0.4"),
+        (parse_confidence, "1"),
+        (parse_max_slice_drop, "-0.1"),
+        (parse_positive_int, "0"),
+        (parse_positive_int, "2.5"),
+        (parse_bool, "maybe"),
+        (parse_device, "gpu"),
+    ],
+)
+def test_validators_reject_out_of_range_values(parse, bad: str) -> None:  # type: ignore[no-untyped-def]
+    """Each validator refuses values outside its documented domain with a reason."""
+    with pytest.raises(ValueError, match=r"."):
+        parse(bad)
+
+
+def test_validators_accept_their_domain() -> None:
+    """Boundary values inside each domain are accepted."""
+    assert parse_min_f1_gain("-1") == -1.0 and parse_min_f1_gain("0.05") == 0.05
+    assert parse_confidence("0.5") == 0.5 and parse_max_slice_drop("1") == 1.0
+    assert parse_bool("Yes") and not parse_bool("off") and parse_device("cuda:1") == "cuda:1"
+
+
+def test_every_option_has_flag_env_and_ini() -> None:
+    """Option names follow one scheme: --flag, QLGATE_KEY, qlgate_key."""
+    for spec in OPTIONS:
+        assert spec.flag.startswith("--")
+        assert spec.env == "QLGATE_" + spec.key.upper()
+        assert spec.ini == "qlgate_" + spec.key
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini", "named"),
+    [
+        (["--candidate=adapter", "--min-f1-gain=abc"], {}, "", "--min-f1-gain"),
+        (["--candidate=adapter"], {"QLGATE_CONFIDENCE": "2"}, "", "QLGATE_CONFIDENCE"),
+        (["--candidate=adapter"], {}, "qlgate_batch_size = 0", "qlgate_batch_size"),
+        (["--candidate=missing"], {}, "", "--candidate"),
+        (["--candidate=adapter", "--baseline=old.json"], {}, "", "--baseline (from *version 99"),
+    ],
+)
+def test_bad_option_exits_4_naming_it(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    ini: str,
+    named: str,
+) -> None:
+    """A bad value from CLI, env or ini stops pytest with exit 4 and names the option."""
+    (pytester.path / "golden").mkdir()
+    (pytester.path / "adapter").mkdir()
+    (pytester.path / "adapter" / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (pytester.path / "old.json").write_text('{"schema_version": 99}', encoding="utf-8")
+    pytester.makeini("[pytest]\n" + ini)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: qlgate: *{named}*"])
+
+
+def test_options_from_ini_and_env_reach_the_gate(
+    gate_project: pytest.Pytester, tiny_adapters: Adapters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ini and env settings drive a real gate run: threshold, report path, batch size."""
+    gate_project.makepyprojecttoml(
+        "[tool.pytest.ini_options]\njunit_family = 'xunit1'\n"
+        "qlgate_min_f1_gain = '-1.0'\nqlgate_gate_report = 'from-ini.json'\n"
+    )
+    monkeypatch.setenv("QLGATE_CANDIDATE", str(tiny_adapters.perturbed))
+    monkeypatch.setenv("QLGATE_BATCH_SIZE", "2")
+    result = gate_project.runpytest()
+    report = read_json(gate_project.path / "from-ini.json")
+    assert report["thresholds"]["min_f1_gain"] == -1.0
+    assert report["run"]["options"]["batch_size"] == 2
+    assert report["run"]["engine"]["batch_size"] == 2
+    assert report["run"]["options"]["sources"]["candidate"] == (
+        "environment variable QLGATE_CANDIDATE"
+    )
+    assert report["passed"] is True and result.ret == 0
