@@ -47,7 +47,7 @@ browser:
 		echo "chromium not installed: the HTML screenshot test will skip"
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check qlgate_pytest training tests bench

@@ -1,0 +1,219 @@
+"""Gate throughput on this CPU: the vllm engine vs the hf engine (batched) vs a naive loop.
+
+    OMP_NUM_THREADS=1 VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 \\
+        /work/vllm-venv/bin/python bench/bench_engines.py --cases 1000 --naive 40 \\
+        [--adapter DIR] [--engines hf,vllm,naive] [--json OUT.json]
+
+Workload: ``--cases`` label cases built from the shipped golden set (its rank-mode cases, cycled;
+each copy gets a distinct ``(#n)`` prefix so no two prompts are identical and no engine can reuse
+an earlier answer), ranked over the four labels, for the base model and for the candidate adapter
+(a LoRA: ``--adapter``, else a seeded random LoRA r=8). Engines, one process, one after another:
+
+- ``vllm``: :class:`qlgate_pytest.engines.vllm_engine.VLLMEngine` (its defaults: float32 on a CPU
+  without native bf16, the CPU LoRA fix applied where verified, prompts shared through the prefix
+  cache, roles in one call where the start-up probe shows that is clean);
+- ``hf``: :class:`qlgate_pytest.engines.hf.HFEngine` (its defaults: float32 on CPU, batch 8; one
+  prompt pass with the KV cache shared by the label continuations);
+- ``naive``: what a plain pytest harness does: per case, ``model.generate`` (greedy, 8 new tokens,
+  batch 1) on a peft model, then a label parsed from the text. It is timed on the first
+  ``--naive`` cases and extrapolated per case to ``--cases`` (printed as such).
+
+Throughput is cases/s over the timed calls (engine start and warm-up excluded, printed apart).
+Labels picked are scored against the cases' expected labels as a sanity check (accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "engines"))
+
+from qlgate_pytest.engines.base import EngineConfig, Message, RankRequest, Role  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured (engine, role) pass."""
+
+    engine: str
+    role: Role
+    cases: int
+    seconds: float
+    accuracy: float
+    start_s: float
+    extrapolated_from: int | None = None
+
+    @property
+    def per_s(self) -> float:
+        return self.cases / self.seconds
+
+
+def build_cases(n: int) -> tuple[list[RankRequest], list[str]]:
+    """``n`` distinct rank requests from the golden set, and their expected labels."""
+    from qlgate_pytest.cases import load_golden_set
+    from qlgate_pytest.driver import rank_request
+
+    golden = [c for c in load_golden_set(ROOT / "golden").cases if c.effective_mode == "rank"]
+    requests, expected = [], []
+    for i in range(n):
+        case = golden[i % len(golden)]
+        base = rank_request(case)
+        *head, last = base.messages
+        messages = (*head, Message(last.role, f"(#{i}) {last.content}"))
+        requests.append(RankRequest(f"{case.id}#{i}", messages, base.labels))
+        expected.append(str(case.expected))
+    return requests, expected
+
+
+def _accuracy(picked: Sequence[str], expected: Sequence[str]) -> float:
+    return sum(p == e for p, e in zip(picked, expected, strict=True)) / len(expected)
+
+
+def run_engine(
+    name: str,
+    factory: Callable[[EngineConfig], Any],
+    config: EngineConfig,
+    requests: list[RankRequest],
+    expected: list[str],
+) -> list[Row]:
+    """Start an engine, warm it up, then time one rank call per role over every request."""
+    start = time.perf_counter()
+    engine = factory(config)
+    engine.warm_up()
+    start_s = time.perf_counter() - start
+    rows = []
+    try:
+        for role in ("baseline", "candidate"):
+            began = time.perf_counter()
+            got = engine.rank(role, requests)
+            seconds = time.perf_counter() - began
+            errors = [r.error for r in got if r.error]
+            if errors:
+                raise SystemExit(f"{name} {role}: {len(errors)} errors, first: {errors[0]}")
+            rows.append(Row(name, role, len(requests), seconds,
+                            _accuracy([r.best for r in got], expected), start_s))  # fmt: skip
+            print(f"  {name:6s} {role:9s} {rows[-1].per_s:7.2f} cases/s", flush=True)
+    finally:
+        engine.close()
+    return rows
+
+
+def run_naive(
+    config: EngineConfig, requests: list[RankRequest], expected: list[str], subset: int
+) -> list[Row]:
+    """Per case ``generate`` at batch 1 (8 new tokens) and a label parsed from the text."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qlgate_pytest.scoring import normalize_label
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(str(config.base_model))
+    base = AutoModelForCausalLM.from_pretrained(str(config.base_model), dtype=torch.float32)
+    adapter = config.adapters["candidate"]
+    assert adapter is not None
+    model: Any = PeftModel.from_pretrained(base, str(adapter)).eval()
+    start_s = time.perf_counter() - start
+    rows = []
+    for role in ("baseline", "candidate"):
+        picked = []
+        began = time.perf_counter()
+        for request in requests[:subset]:
+            ids: Any = tokenizer.apply_chat_template(
+                [m.as_dict() for m in request.messages], add_generation_prompt=True,
+                return_tensors="pt", return_dict=True,
+            )  # fmt: skip
+            with torch.inference_mode():
+                if role == "baseline":
+                    with model.disable_adapter():
+                        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+                else:
+                    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+            new = out[0, ids["input_ids"].shape[1] :]
+            text = str(tokenizer.decode(new, skip_special_tokens=True))
+            picked.append(normalize_label(text, request.labels) or "")
+        per_case = (time.perf_counter() - began) / subset
+        rows.append(Row("naive", role, len(requests), per_case * len(requests),
+                        _accuracy(picked, expected[:subset]), start_s, subset))  # fmt: skip
+        print(f"  naive  {role:9s} {rows[-1].per_s:7.2f} cases/s (on {subset})", flush=True)
+    return rows
+
+
+def table(rows: Sequence[Row]) -> list[str]:
+    """The markdown table: cases/s, LoRA cost per engine, speed-up over the naive loop."""
+    naive = {r.role: r.per_s for r in rows if r.engine == "naive"}
+    base = {r.engine: r.per_s for r in rows if r.role == "baseline"}
+    head = (
+        "| engine | role | cases | time (s) | cases/s | LoRA cost | x naive | accuracy "
+        "| start (s) |"
+    )
+    out = [head, "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        cost = f"{base[r.engine] / r.per_s:.2f}x" if r.role == "candidate" else "-"
+        vs = f"{r.per_s / naive[r.role]:.1f}" if r.role in naive else "-"
+        note = f" (extrapolated from {r.extrapolated_from})" if r.extrapolated_from else ""
+        out.append(
+            f"| {r.engine} | {r.role} | {r.cases} | {r.seconds:.1f}{note} | {r.per_s:.2f} | "
+            f"{cost} | {vs} | {r.accuracy:.3f} | {r.start_s:.1f} |"
+        )  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=1000)
+    parser.add_argument("--naive", type=int, default=40, help="cases timed for the naive loop")
+    parser.add_argument("--adapter", type=Path, help="candidate LoRA (default: seeded random r=8)")
+    parser.add_argument("--engines", default="vllm,hf,naive")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+
+    from qlgate_pytest.engines.hf import create as hf_create
+    from qlgate_pytest.engines.vllm_engine import create as vllm_create
+    from training.models import resolve_base_model
+
+    adapter = args.adapter
+    if adapter is None:
+        from test_vllm_engine import make_random_adapter
+
+        adapter = make_random_adapter(Path(tempfile.mkdtemp()) / "random-r8")
+    # Roles in separate vLLM calls, so each role's time is its own (a mixed call would serve
+    # the second role from the first call).
+    config = EngineConfig(
+        base_model=resolve_base_model("embedded"),
+        adapters={"candidate": adapter, "baseline": None},
+        extra={"vllm_role_batching": "separate"},
+    )
+    requests, expected = build_cases(args.cases)
+    print(f"{len(requests)} cases x 4 labels, adapter {adapter}", flush=True)
+    rows: list[Row] = []
+    for name in args.engines.split(","):
+        if name == "vllm":
+            rows += run_engine("vllm", vllm_create, config, requests, expected)
+        elif name == "hf":
+            rows += run_engine("hf", hf_create, config, requests, expected)
+        elif name == "naive":
+            rows += run_naive(config, requests, expected, min(args.naive, len(requests)))
+    print("\n".join(table(rows)))
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
