@@ -69,6 +69,12 @@ MAX_P99_MS = OptionSpec("max_p99_ms", "--max-p99-ms",
 MAX_SLICE_DROP = OptionSpec("max_slice_drop", "--max-slice-drop", "largest allowed drop of any "
                             "tag slice's metric versus the baseline (0..1)", "X")
 GATE_REPORT = OptionSpec("gate_report", "--gate-report", "write the JSON gate report here", "PATH")
+GATE_HTML = OptionSpec("gate_html", "--gate-html", "write a self-contained HTML report with plots "
+                       "here", "PATH")
+GATE_PROM = OptionSpec("gate_prom", "--gate-prom", "write Prometheus text metrics here (textfile "
+                       "collector / push gateway)", "PATH")
+GATE_CASES = OptionSpec("gate_cases", "--gate-cases", "write the per-case results here as CSV or "
+                        "Parquet (by suffix)", "PATH")
 ALLOW_PARTIAL = OptionSpec("allow_partial", "--allow-partial", "let a partial selection (-k, -m, "
                            "a subset of files) pass", flag_only=True)
 TRAIN_DATA = OptionSpec("train_data", "--train-data", "instead of --candidate: train the "
@@ -85,7 +91,8 @@ SEED = OptionSpec("seed", "--gate-seed", "seed for decoding and the bootstrap (d
 
 OPTIONS: tuple[OptionSpec, ...] = (
     CANDIDATE, BASELINE, BASE_MODEL, ENGINE, GOLDEN, MIN_F1_GAIN, CONFIDENCE, MAX_P99_MS,
-    MAX_SLICE_DROP, GATE_REPORT, ALLOW_PARTIAL, TRAIN_DATA, TRAIN_CONFIG, BATCH_SIZE, DEVICE,
+    MAX_SLICE_DROP, GATE_REPORT, GATE_HTML, GATE_PROM, GATE_CASES, ALLOW_PARTIAL, TRAIN_DATA,
+    TRAIN_CONFIG, BATCH_SIZE, DEVICE,
     DTYPE, SEED,
 )
 # fmt: on
@@ -258,6 +265,9 @@ class GateOptions:
     max_p99_ms: float | None = None
     max_slice_drop: float | None = None
     gate_report: Path | None = None
+    gate_html: Path | None = None
+    gate_prom: Path | None = None
+    gate_cases: Path | None = None
     allow_partial: bool = False
     train_data: Path | None = None
     train_config: Path | None = None
@@ -374,6 +384,9 @@ def _convert(spec: OptionSpec, raw: _Raw) -> object:
         "max_p99_ms": lambda: parse_max_p99_ms(text),
         "max_slice_drop": lambda: parse_max_slice_drop(text),
         "gate_report": lambda: parse_report_path(_path(raw)),
+        "gate_html": lambda: parse_report_path(_path(raw)),
+        "gate_prom": lambda: parse_report_path(_path(raw)),
+        "gate_cases": lambda: parse_report_path(_path(raw)),
         "allow_partial": lambda: parse_bool(text),
         "train_data": lambda: parse_existing(_path(raw), "dir"),
         "train_config": lambda: parse_existing(_path(raw), "file"),

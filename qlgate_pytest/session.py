@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -351,16 +351,49 @@ class GateSession:
         }
 
     def write_report(self) -> str | None:
-        """Write the JSON report if asked; the error text if that failed."""
+        """Write every report asked for (JSON, HTML, Prometheus, case table); the error text of
+        the first that failed. The JSON report is the authoritative one and is written first."""
+        if self.report is None:
+            return None
+        for path, writer in self._report_writers():
+            if path is None:
+                continue
+            try:
+                writer(self.report, path)
+            except ImportError as exc:
+                return f"cannot write {path}: {exc} (pip install 'qlgate[report]')"
+            except (OSError, ValueError, QlgateError) as exc:
+                return f"cannot write the gate report {path}: {exc}"
+        return None
+
+    def _report_writers(
+        self,
+    ) -> list[tuple[Path | None, Callable[[Mapping[str, Any], Path], None]]]:
+        # Imported lazily: matplotlib and pandas are an optional extra and slow to import.
+        def html(report: Mapping[str, Any], path: Path) -> None:
+            from qlgate_pytest.html_report import write_html_report
+
+            write_html_report(report, path)
+
+        def prom(report: Mapping[str, Any], path: Path) -> None:
+            from qlgate_pytest.prometheus import write_prometheus
+
+            write_prometheus(report, path)
+
+        def cases(report: Mapping[str, Any], path: Path) -> None:
+            from qlgate_pytest.cases_export import write_cases_table
+
+            write_cases_table(report, path)
+
         from qlgate_pytest.report import write_json_atomic
 
-        if self.report is None or self.options.gate_report is None:
-            return None
-        try:
-            write_json_atomic(self.report, self.options.gate_report)
-        except (OSError, QlgateError) as exc:
-            return f"cannot write the gate report {self.options.gate_report}: {exc}"
-        return None
+        opts = self.options
+        return [
+            (opts.gate_report, write_json_atomic),
+            (opts.gate_html, html),
+            (opts.gate_prom, prom),
+            (opts.gate_cases, cases),
+        ]
 
 
 ROLES_BOTH: tuple[Role, ...] = ("candidate", "baseline")

@@ -93,6 +93,31 @@ def test_green_gate_exits_0_and_reports_agree(
     result.stdout.fnmatch_lines(["*qlgate gate*", "qlgate: PASS (5 cases)"])
 
 
+def test_html_prometheus_and_case_table_follow_the_json_report(
+    gate_project: pytest.Pytester, tiny_adapters: Adapters
+) -> None:
+    """--gate-html, --gate-prom and --gate-cases are written from the same verdict as the JSON."""
+    import pandas as pd
+
+    result = run(
+        gate_project,
+        tiny_adapters.zero,
+        "--gate-html=out/report.html",
+        "--gate-prom=out/gate.prom",
+        "--gate-cases=out/cases.csv",
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    report = read_json(gate_project.path / "out" / "report.json")
+    html = (gate_project.path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "<html" in html.lower() and "adapter was not applied" in html
+    prom = (gate_project.path / "out" / "gate.prom").read_text(encoding="utf-8")
+    assert "qlgate_macro_f1" in prom
+    passed = [line for line in prom.splitlines() if line.startswith("qlgate_gate_passed")]
+    assert passed and passed[0].split()[-1] in {"0", "0.0"}
+    table = pd.read_csv(gate_project.path / "out" / "cases.csv")
+    assert len(table) == len(report["cases"])
+
+
 def test_zero_effect_adapter_is_red(gate_project: pytest.Pytester, tiny_adapters: Adapters) -> None:
     """LoRA B = 0 changes nothing, so the default gate (gain > 0) is red, exit 1, everywhere."""
     result = run(gate_project, tiny_adapters.zero)
