@@ -109,7 +109,7 @@ class StepTimer:
 def as_callback(timer: StepTimer) -> Any:
     from transformers import TrainerCallback
 
-    class _Callback(TrainerCallback):  # type: ignore[misc]
+    class _Callback(TrainerCallback):
         def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
             timer.on_step_begin()
 
@@ -129,7 +129,8 @@ def build_model_dir(shape: str, directory: Path, tokenizer_dir: Path) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model: Any = LlamaForCausalLM(config)
+        model = model.to(torch.bfloat16)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=directory.parent))
     model.save_pretrained(str(staging), max_shard_size="5GB")
     AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(staging))
@@ -158,19 +159,21 @@ def run_reference(model_dir: Path, rows: dict[str, Any], steps: int, work: Path)
     )
 
     cuda = torch.cuda.is_available()
-    quant = BitsAndBytesConfig(
+    quant = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         str(model_dir),
         quantization_config=quant,
         dtype=torch.bfloat16,
         device_map={"": 0 if cuda else "cpu"},
     )
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+        model, use_gradient_checkpointing=True
+    )
     lora = LoraConfig(
         r=16,
         lora_alpha=32,

@@ -127,31 +127,32 @@ def train_adapter(
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            t = config.train
-            step = next_oom_step(
-                t.micro_batch_size, t.gradient_accumulation_steps, config.oom.min_micro_batch
+        # Out of the except block, the traceback (and the failed attempt's model) is released.
+        _free_memory()
+        t = config.train
+        step = next_oom_step(
+            t.micro_batch_size, t.gradient_accumulation_steps, config.oom.min_micro_batch
+        )
+        where = f"out of memory at micro_batch_size {t.micro_batch_size}"
+        if step is None:
+            raise OutOfMemory(
+                f"{where}, already the smallest allowed; shorten train.max_length or use "
+                "model.quantization = 'nf4'",
+                micro_batch_size=t.micro_batch_size,
+                accumulation=t.gradient_accumulation_steps,
             )
-            where = f"out of memory at micro_batch_size {t.micro_batch_size}"
-            _free_memory()
-            if step is None:
-                raise OutOfMemory(
-                    f"{where}, already the smallest allowed; shorten train.max_length or use "
-                    "model.quantization = 'nf4'",
-                    micro_batch_size=t.micro_batch_size,
-                    accumulation=t.gradient_accumulation_steps,
-                ) from None
-            if not config.oom.retry:
-                raise OutOfMemory(
-                    f"{where}: {step.advice()}",
-                    micro_batch_size=t.micro_batch_size,
-                    accumulation=t.gradient_accumulation_steps,
-                ) from None
-            retries.append({"from_micro_batch": t.micro_batch_size, **asdict(step)})
-            print(
-                f"qlgate: {where}; retrying with micro_batch_size {step.micro_batch_size}, "
-                f"gradient_accumulation_steps {step.gradient_accumulation_steps}"
+        if not config.oom.retry:
+            raise OutOfMemory(
+                f"{where}: {step.advice()}",
+                micro_batch_size=t.micro_batch_size,
+                accumulation=t.gradient_accumulation_steps,
             )
-            config = with_overrides(config, train=asdict(step))
+        retries.append({"from_micro_batch": t.micro_batch_size, **asdict(step)})
+        print(
+            f"qlgate: {where}; retrying with micro_batch_size {step.micro_batch_size}, "
+            f"gradient_accumulation_steps {step.gradient_accumulation_steps}"
+        )
+        config = with_overrides(config, train=asdict(step))
 
 
 def _train_once(
@@ -222,9 +223,10 @@ def _hardware(config: TrainConfig) -> Hardware:
 
     cuda = torch.cuda.is_available() and config.model.device != "cpu"
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cpu_bf16 = bool(getattr(torch.backends, "mkldnn", None)) and bool(
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
+    try:  # oneDNN's own test for native bf16 (AVX512-BF16 / AMX); absent on some builds
+        cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        cpu_bf16 = False
     return Hardware(
         cuda=cuda,
         cuda_bf16=cuda and torch.cuda.is_bf16_supported(),

@@ -18,6 +18,7 @@ from trl.trainer.sft_config import SFTConfig
 from trl.trainer.sft_trainer import SFTTrainer
 
 from training.config import RunPlan, TrainConfig
+from training.errors import ConfigError
 from training.formatting import CuratedData, Example, to_trl_dataset
 from training.guard import GuardCallback, GuardPolicy
 from training.label_eval import evaluate_labels, labelled
@@ -159,7 +160,7 @@ class TrainerRun:
         history = trainer.eval_history
         if history:
             out["eval_history"] = history
-            best = _best_entry(history, self.best_metric, state.best_model_checkpoint)
+            best = _best_entry(history, state.best_model_checkpoint)
             out.update({k: v for k, v in best.items() if k.startswith("eval_")})
             out["best_step"] = int(best["step"])
         if self.best_metric:
@@ -176,9 +177,7 @@ class TrainerRun:
         return out
 
 
-def _best_entry(
-    history: list[dict[str, float]], metric: str | None, checkpoint: str | None
-) -> dict[str, float]:
+def _best_entry(history: list[dict[str, float]], checkpoint: str | None) -> dict[str, float]:
     """The eval entry of the checkpoint the Trainer kept (its step is in the directory name)."""
     if checkpoint:
         step = float(Path(checkpoint).name.rpartition("-")[2] or -1)
@@ -299,12 +298,7 @@ def build_trainer(
     notes = list(plan.notes)
     tokenizer = AutoTokenizer.from_pretrained(str(base_path))
     if tokenizer.chat_template is None:
-        raise_config = (
-            f"base model {base_path} has no chat template; qlgate trains chat models only"
-        )
-        from training.errors import ConfigError
-
-        raise ConfigError(raise_config)
+        raise ConfigError(f"base model {base_path} has no chat template; qlgate trains chat models")
     validation = (
         data.validation[: config.eval.max_examples] if config.eval.max_examples else data.validation
     )
@@ -321,8 +315,6 @@ def build_trainer(
     if metric == "auto":
         metric = "macro_f1" if label_eval is not None else "loss"
     if metric == "macro_f1" and label_eval is None and evaluate:
-        from training.errors import ConfigError
-
         raise ConfigError("eval.metric = 'macro_f1' but the validation rows carry no labels")
     in_process = evaluate and plan.evaluate_in_process
     best_metric = f"eval_{metric}" if in_process else None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from qlgate_pytest.engines.base import EngineConfig, Ranking, RankRequest, Role
+from qlgate_pytest.engines.base import EngineConfig, EngineFactory, Ranking, RankRequest, Role
 
 HERE = Path(__file__).parent
 MIN_AGREEMENT = 0.95
@@ -51,13 +51,10 @@ def _rank_all(
     name: str, config: EngineConfig, requests: list[RankRequest]
 ) -> dict[Role, list[Ranking]]:
     from qlgate_pytest.engines.registry import get_engine_factory
+    from qlgate_pytest.engines.vllm_engine import create
 
-    if name == "vllm":
-        from qlgate_pytest.engines.vllm_engine import create
-
-        factory = create
-    else:
-        factory = get_engine_factory(name)
+    # "vllm" is not in the registry until the registry lists it; build it directly until then.
+    factory: EngineFactory = create if name == "vllm" else get_engine_factory(name)
     engine = factory(config)
     try:
         engine.warm_up()

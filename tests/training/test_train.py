@@ -105,7 +105,7 @@ def _leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
 
 
-class PoisonAt(TrainerCallback):  # type: ignore[misc]
+class PoisonAt(TrainerCallback):
     """Fills one LoRA weight with NaN at the start of a step (an injected divergence)."""
 
     def __init__(self, step: int) -> None:
@@ -120,7 +120,7 @@ class PoisonAt(TrainerCallback):  # type: ignore[misc]
                 param.fill_(float("nan"))
 
 
-class ZeroGrads(TrainerCallback):  # type: ignore[misc]
+class ZeroGrads(TrainerCallback):
     """Zeroes every gradient before the optimizer step, as the bitsandbytes CPU defect does."""
 
     def on_pre_optimizer_step(
@@ -131,7 +131,7 @@ class ZeroGrads(TrainerCallback):  # type: ignore[misc]
                 p.grad.zero_()
 
 
-class OomWhenBatchAbove(TrainerCallback):  # type: ignore[misc]
+class OomWhenBatchAbove(TrainerCallback):
     """Raises CUDA's OutOfMemoryError on the first step when the micro-batch is too large."""
 
     def __init__(self, limit: int) -> None:
@@ -197,6 +197,50 @@ def test_adapter_reloads_with_peft_and_changes_outputs(
         tuned = PeftModel.from_pretrained(base, str(out))
         after = tuned(ids).logits
     assert (after - before).abs().max().item() > 1e-4
+
+
+def test_best_checkpoint_is_kept_by_the_chosen_metric(
+    tiny: Path, data: Path, tmp_path: Path
+) -> None:
+    """With an evaluation per epoch, the recorded metrics are those of the best epoch by the
+    chosen metric, and the history holds every epoch."""
+    out = train_adapter(
+        data,
+        tmp_path / "adapter",
+        overrides={
+            **TINY,
+            "base_model": str(tiny),
+            "max_steps": None,
+            "epochs": 2.0,
+            "micro_batch_size": 8,
+            "eval.metric": "loss",
+            "learning_rate": 5e-3,
+        },
+    )
+    metrics = read_provenance(out).metrics
+    history = metrics["eval_history"]
+    assert [entry["step"] for entry in history] == [3.0, 6.0]
+    best = min(history, key=lambda entry: entry["eval_loss"])
+    assert metrics["best_metric"] == "eval_loss"
+    assert metrics["best_step"] == int(best["step"])
+    assert metrics["eval_loss"] == best["eval_loss"]
+
+
+def test_4bit_on_cpu_is_scored_only_after_training(tiny: Path, data: Path, tmp_path: Path) -> None:
+    """QLoRA on CPU trains with no evaluation in the loop (the bitsandbytes defect) and is
+    scored once when training is over; the plan records why."""
+    out = train_adapter(
+        data,
+        tmp_path / "adapter",
+        overrides={**TINY, "base_model": str(tiny), "quantization": "nf4"},
+    )
+    record = read_provenance(out)
+    resolved = record.config["resolved"]
+    assert resolved["quantization"] == "nf4" and not resolved["evaluate_in_process"]
+    assert any("4-bit on CPU" in note for note in resolved["notes"])
+    assert [entry["step"] for entry in record.metrics["eval_history"]] == [3.0]
+    assert "eval_loss" in record.metrics and "eval_macro_f1" in record.metrics
+    assert "baseline_macro_f1" not in record.metrics
 
 
 def test_injected_nan_stops_and_promotes_nothing(tiny: Path, data: Path, tmp_path: Path) -> None:
@@ -415,8 +459,10 @@ def test_continuation_is_the_trained_completion(tiny: Path, data: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(tiny))
     example = load_curated(data).validation[0]
     cont = render_continuation(tokenizer, example, "billing")
-    assert tokenizer.decode(cont).startswith("billing<|im_end|>")
-    assert tokenizer.decode(render_prompt(tokenizer, example)).endswith("<|im_start|>assistant\n")
+    assert str(tokenizer.decode(cont)).startswith("billing<|im_end|>")
+    assert str(tokenizer.decode(render_prompt(tokenizer, example))).endswith(
+        "<|im_start|>assistant\n"
+    )
 
 
 def test_rank_labels_matches_unpadded_scoring(tiny: Path, data: Path) -> None:
