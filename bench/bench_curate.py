@@ -38,11 +38,38 @@ SYSTEM = (
     "You are a support ticket router for Northwind Goods. Classify the customer's message into "
     "exactly one of: account, billing, returns, shipping. Reply with the label only."
 )
-ITEMS = ("kettle", "jacket", "lamp", "desk chair", "coffee machine", "rug", "teapot", "heater",
-         "bike light", "backpack", "blender", "mirror", "toaster", "duvet", "speaker", "boots",
-         "sofa cushion", "fan", "raincoat", "frying pan", "bookshelf", "alarm clock", "scarf",
-         "garden hose", "printer", "yoga mat", "wine glasses", "curtains", "drill",
-         "headphones")
+ITEMS = (
+    "kettle",
+    "jacket",
+    "lamp",
+    "desk chair",
+    "coffee machine",
+    "rug",
+    "teapot",
+    "heater",
+    "bike light",
+    "backpack",
+    "blender",
+    "mirror",
+    "toaster",
+    "duvet",
+    "speaker",
+    "boots",
+    "sofa cushion",
+    "fan",
+    "raincoat",
+    "frying pan",
+    "bookshelf",
+    "alarm clock",
+    "scarf",
+    "garden hose",
+    "printer",
+    "yoga mat",
+    "wine glasses",
+    "curtains",
+    "drill",
+    "headphones",
+)
 TEMPLATES = {
     "shipping": ("Where is my order {o}? The {i} was due {d} and tracking has not moved.",
                  "My parcel with the {i} says out for delivery since {d}, order {o}.",
@@ -88,10 +115,14 @@ FILLERS = ("Thanks in advance.", "This is the third time I am writing.", "Please
            "Good morning,")  # fmt: skip
 COUNTRIES = ("Ireland", "France", "Norway", "Spain", "Germany", "Canada", "Italy", "Poland")
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "the weekend", "last week")
-PII = ("mail me at {n}.smith{k}@example.com", "call +44 20 7946 0{k:03d}",
-       "my card is 4111 1111 1111 1111", "IBAN GB82 WEST 1234 5698 7654 32",
-       "my router is 192.168.{k}.{n}",
-       "the key sk-proj-{k}abcdefghijklmnopqrstuvwx{n}")
+PII = (
+    "mail me at {n}.smith{k}@example.com",
+    "call +44 20 7946 0{k:03d}",
+    "my card is 4111 1111 1111 1111",
+    "IBAN GB82 WEST 1234 5698 7654 32",
+    "my router is 192.168.{k}.{n}",
+    "the key sk-proj-{k}abcdefghijklmnopqrstuvwx{n}",
+)
 MALFORMED = (
     '{"messages": [{"role": "user", "content": "truncated',
     "",
@@ -167,6 +198,8 @@ def _duplicate(rng: random.Random, line: str) -> str:
 
 
 def run_ours(corpus: Path, out: Path, workers: int = 1) -> float:
+    import datasets  # noqa: F401  (imported lazily by the pipeline; imports are not timed)
+
     from training.curate import curate
     from training.curate_config import CurateConfig, ReadConfig, SchemaConfig, replace
 
@@ -231,13 +264,24 @@ def run_naive(corpus: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def child(which: str, corpus: Path, out: Path) -> None:
+    cpu = _cpu_seconds()
     if which.startswith("ours"):
         seconds = run_ours(corpus, out, workers=int(which.split("-")[1]))
     else:
         seconds = run_naive(corpus, out)
+    cpu = _cpu_seconds() - cpu
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024}))
+    worker_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": peak_kib / 1024,
+                      "worker_peak_mib": worker_kib / 1024}))  # fmt: skip
 
 
 def main() -> None:
@@ -262,6 +306,7 @@ def main() -> None:
     size_mb = corpus.stat().st_size / 1e6
     cpus = len(os.sched_getaffinity(0))
     print(f"corpus: {args.records} records, {size_mb:.1f} MB, {cpus} CPUs available")
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     sides = ["naive", *(f"ours-{n}" for n in args.workers.split(","))]
     results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     for attempt in range(args.repeat):
@@ -271,16 +316,21 @@ def main() -> None:
                        "--out", str(out)]  # fmt: skip
             done = subprocess.run(command, check=True, capture_output=True, text=True)
             results[which].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in results.items()}
     for which in sides:
         label = "naive baseline" if which == "naive" else f"qlgate {which.split('-')[1]} worker(s)"
         r = best[which]
         rate = args.records / r["seconds"]
+        cpu_us = 1e6 * r["cpu"] / args.records
+        per_record = 1024 * 1024 * r["peak_mib"] / args.records
         print(f"{label:20} {r['seconds']:7.2f} s  {rate:9,.0f} records/s  "
-              f"peak RSS {r['peak_mib']:6.0f} MiB")  # fmt: skip
+              f"CPU {cpu_us:6.1f} us/record  peak RSS {r['peak_mib']:6.0f} MiB "
+              f"({per_record:,.0f} B/record), workers {r['worker_peak_mib']:.0f} MiB")  # fmt: skip
     for which in sides[1:]:
         ratio = best["naive"]["seconds"] / best[which]["seconds"]
-        print(f"ratio {which} / naive (records/s): {ratio:.2f}x")
+        cpu_ratio = best["naive"]["cpu"] / best[which]["cpu"]
+        print(f"ratio {which} / naive: records/s {ratio:.2f}x, CPU per record {1 / cpu_ratio:.2f}x")
     manifest = json.loads((work / f"{sides[-1]}-0" / "manifest.json").read_text())
     print("ours counts:", json.dumps(manifest["counts"]))
     if not args.keep:

@@ -18,8 +18,6 @@ value. ``python -m training train --list-options`` prints every option with its 
 from __future__ import annotations
 
 import dataclasses
-import re
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from training.errors import ConfigError
+from training.tomlconf import key_line, read_toml
 
 _STRICT = ConfigDict(extra="forbid")
 SEVEN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -227,15 +226,7 @@ def load_config(
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = tomllib.loads(text)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data, text = read_toml(path)
     for key, value in (overrides or {}).items():
         section, name = _split_key(key)
         table = data.setdefault(section, {})
@@ -273,7 +264,7 @@ def _validate(data: dict[str, Any], source: str, text: str, override_keys: set[s
         if key in override_keys or (loc and loc[-1] in override_keys):
             where = "override"
         else:
-            line = _line_of(text, loc)
+            line = key_line(text, loc)
             if line:
                 where = f"{source}:{line}"
         raise ConfigError(f"{where}: {what}") from None
@@ -284,27 +275,6 @@ def _valid_keys(section_loc: list[str]) -> str:
         return ", ".join(f"[{s}]" for s in _SECTIONS)
     cls = _SECTIONS.get(section_loc[0])
     return ", ".join(f.name for f in dataclasses.fields(cls)) if cls else "?"
-
-
-def _line_of(text: str, loc: list[str]) -> int | None:
-    """The line of ``key`` inside table ``[section]`` (tomllib keeps no positions)."""
-    if not text or not loc:
-        return None
-    section, key = (loc[0], loc[1]) if len(loc) > 1 else (None, loc[0])
-    current: str | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        header = re.fullmatch(r"\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?", line)
-        if header:
-            current = header.group(1)
-            if section is not None and current == section and len(loc) == 1:
-                return number
-            if section is None and current == key:
-                return number
-            continue
-        if current == section and re.match(rf"{re.escape(key)}\s*=", line):
-            return number
-    return None
 
 
 # ---- the plan: what the config means on this machine ---------------------------------------

@@ -1,9 +1,11 @@
 """The curation pipeline: raw chat JSONL in; a versioned dataset, quarantine and manifest out.
 
 The input is read once. Admitted records go to a spill file in the staging directory, so the
-corpus never sits in memory; what stays in memory per record is a few small fields.
-1. read -> JSON -> schema, label and quality rules -> PII scrub -> exact dedup -> answer scan;
-   prompts go into the LSH index and their words into the trigger counts.
+corpus never sits in memory; what stays in memory per record is a few small fields, the LSH
+band keys and (on disk) the MinHash signature.
+1. in chunks, in worker processes (``curate_read``): JSON -> schema, label and quality rules ->
+   PII scrub -> keys, spill rows, signatures, n-gram counts; then here, in input order: exact
+   dedup, the LSH index and the trigger totals.
 2. near-duplicate groups, conflicting answers and golden leakage, over LSH-flagged rows only.
 3. trigger n-grams (a spill pass only when candidates exist), split, augmentation, and a final
    spill pass writing the dataset and the quarantine rows of everything removed after step 1.
@@ -13,19 +15,20 @@ Every input line ends up kept or in ``quarantine.jsonl``, and ``_finish`` checks
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import shutil
-from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
+import numpy as np
 
 from training import poison
-from training.augment import SourceInfo, augment, select_sources
+from training.curate_augment import run_augmentation
 from training.curate_config import CurateConfig
-from training.dedup import CandidateIndex, UnionFind, near_pairs, similarity_text
+from training.curate_read import Chunk, InFork, chunks, in_fork_available
+from training.dedup import UnionFind, near_pairs, similarity_text
+from training.dedup_index import CandidateIndex
 from training.errors import TrainingError
 from training.leakage import GoldenPrompts
 from training.manifest import (
@@ -48,11 +51,11 @@ from training.quarantine import (
     merge_by_line,
     message_for,
 )
-from training.reader import LineReader, RawLine, Spill
-from training.schema import Admission, Admitted, Example, SchemaIssue
+from training.reader import LineReader, Spill
+from training.schema import Admission
 from training.teacher import Teacher
 
-_BATCH = 4096
+TriggerSearch = tuple[list[poison.Trigger], dict[int, str], dict[str, int]]
 _ORDER = {code: i for i, code in enumerate(REASONS)}
 
 
@@ -123,14 +126,14 @@ class _Run:
         self.prompts = Spill(staging / ".prompts.jsonl")
         self.golden_n = len(golden.texts) if golden else 0
         thresholds = [config.dedup.threshold] + ([config.leakage.threshold] if golden else [])
-        self.index = CandidateIndex(config.dedup, min(thresholds))
+        self.signatures = staging / ".signatures.u32"
+        self.index = CandidateIndex(config.dedup, min(thresholds), self.signatures)
         self.golden_sims = [similarity_text(t) for t in golden.texts] if golden else []
         self.index.add(self.golden_sims)
         self.triggers = poison.TriggerStats(config.poison.trigger)
         # Per admitted record, by spill index. ``unique`` lists the non-exact-dup records in
         # order; the LSH key of unique[k] is golden_n + k.
         self.lines: list[int] = []
-        self.twin: list[int] = []
         self.keys: list[str | None] = []
         self.system: list[int] = []
         self.labels: list[str | None] = []
@@ -138,6 +141,8 @@ class _Run:
         self.ids: list[str] = []
         self.unique: list[int] = []
         self.seen: dict[tuple[str, str | None], int] = {}
+        # Exact duplicate -> its kept twin (both spill indices).
+        self.dup_of: dict[int, int] = {}
         self.removed: dict[int, list[str]] = defaultdict(list)
         self.pointer: dict[int, int] = {}
         self.detail: dict[int, dict[str, Any]] = defaultdict(dict)
@@ -149,87 +154,101 @@ class _Run:
             "labels_before": Counter(),
             "near_groups": 0,
             "conflict_groups": 0,
+            "triggers": [],
         }
 
     def run(self, reader: LineReader) -> dict[str, Any]:
         early = self.staging / ".quarantine-early.jsonl"
-        spill = self.spill
         with QuarantineWriter(early) as rejects:
             self.progress.stage("read", reader.size)
-            batch: list[str] = []
             read = reported = 0
-            for outcome in _admitted(reader, self.admission, self.cfg.read.workers):
-                read += 1
-                if isinstance(outcome, QuarantineRow):
-                    rejects.write(outcome)
-                elif self._admit(outcome, spill, batch) and len(batch) >= _BATCH:
-                    self.index.add(batch)
-                    batch = []
-                if read % 2048 == 0:
-                    self.progress.advance(reader.bytes_read - reported)
-                    reported = reader.bytes_read
-            self.index.add(batch)
-            self.progress.advance(reader.bytes_read - reported)
-        spill.close()
+            for chunk in chunks(reader, self.admission, self.cfg.read.workers, self.staging):
+                read += chunk.read
+                self._take(chunk, rejects)
+                self.progress.advance(reader.bytes_read - reported)
+                reported = reader.bytes_read
+        self.spill.close()
         self.prompts.close()
         self.stats.update(read=read, input_sha256=reader.sha256, input_bytes=reader.bytes_read)
         self.stats["input_path"] = str(reader.path)
+        # Trigger detection needs only the first pass's totals: with workers, it runs in a
+        # forked process while this one does the near-duplicate pass.
+        searching = self.cfg.poison.triggers != "off"
+        self.progress.stage("near-duplicates" + (", trigger n-grams" if searching else ""), None)
+        forked = self.cfg.read.workers > 1 and searching and in_fork_available()
+        triggers = InFork(self._search_triggers) if forked else None
         self._near_duplicates()
         self._answer_flags()
-        self._trigger_ngrams()
+        if searching:
+            self._trigger_flags(triggers.result() if triggers else self._search_triggers())
         return self._finish(early, rejects)
 
-    def _admit(self, a: Admitted, spill: Spill, batch: list[str]) -> bool:
-        """Record an admitted line; True when it is unique (its prompt joined ``batch``)."""
-        index = len(self.lines)
-        self.lines.append(a.line or 0)
-        self.stats["labels_before"][a.example.label or "<none>"] += 1
-        if a.pii:
+    def _take(self, chunk: Chunk, rejects: QuarantineWriter) -> None:
+        """Account for one chunk in input order: quarantine rows, exact duplicates, unique
+        records (small fields, spill rows, signatures and trigger totals)."""
+        for reject in chunk.rejects:
+            rejects.write(reject)
+        self.spill.append_file(chunk.spill)
+        self.prompts.append_file(chunk.prompts)
+        labels_before = self.stats["labels_before"]
+        for counts in chunk.pii.values():
             self.stats["pii_records"] += 1
-            self.stats["pii"].update(a.pii)
-        twin = self.seen.get(a.exact_key)
-        if twin is not None:
-            self.twin.append(twin)
-            self.keys.append(None)
-            self.labels.append(None)
-            self.ids.append("")
-            self.system.append(0)
-            self.tags.append(())
-            spill.write({"i": index, "line": a.line, "raw": a.raw, "dup": twin})
-            return False
-        self.seen[a.exact_key] = index
-        self.twin.append(-1)
-        self._remember(index, a)
-        if a.answer_key is not None:
-            self.triggers.add(a.similarity.split(), a.answer_key)
-        batch.append(a.similarity)
-        spill.write(_spill_row(index, a))
-        self.prompts.write({"i": index, "k": a.answer_key, "s": a.similarity})
-        return True
-
-    def _remember(self, index: int, a: Admitted) -> None:
-        self.keys.append(a.answer_key)
-        self.system.append(hash(a.system))
-        self.labels.append(a.example.label)
-        tags = a.example.metadata.get("tags", ())
-        self.tags.append(tuple(tags) if isinstance(tags, list | tuple) else ())
-        self.ids.append(a.id)
-        self.unique.append(index)
-        if a.flags:
-            self.flags[index] = a.flags
+            self.stats["pii"].update(counts)
+        triggers = self.triggers
+        first = len(self.lines)
+        self.lines += chunk.lines
+        unique_rows: list[int] = []
+        dups: list[int] = []
+        for row, (row_id, label, key) in enumerate(
+            zip(chunk.ids, chunk.labels, chunk.keys, strict=True)
+        ):
+            index = first + row
+            labels_before[label or "<none>"] += 1
+            twin = self.seen.get((row_id, label))
+            if twin is not None:
+                self.dup_of[index] = twin
+                self.keys.append(None)
+                self.labels.append(None)
+                self.ids.append("")
+                self.system.append(0)
+                self.tags.append(())
+                if key is not None:
+                    dups.append(row)
+                continue
+            self.seen[(row_id, label)] = index
+            self.keys.append(key)
+            self.system.append(chunk.systems[row])
+            self.labels.append(label)
+            self.tags.append(chunk.tags[row])
+            self.ids.append(row_id)
+            self.unique.append(index)
+            if row in chunk.flags:
+                self.flags[index] = chunk.flags[row]
+            if key is not None:
+                triggers.count(key)
+            unique_rows.append(row)
+        self.index.add_signatures(chunk.signatures[np.asarray(unique_rows, dtype=np.int64)])
+        # The chunk's n-gram counts include its exact duplicates; they are taken back after.
+        for key, grams in chunk.grams.items():
+            triggers.merge(key, grams)
+        if chunk.grams:
+            for row in dups:
+                key = chunk.keys[row]
+                assert key is not None
+                triggers.discard(chunk.similarity[row].split(), key)
 
     def _near_duplicates(self) -> None:
-        self.progress.stage("near-duplicates", None)
         g = self.golden_n
         flagged = [int(k) - g for k in self.index.flags().nonzero()[0] if k >= g]
         rows = [self.unique[k] for k in flagged]
         prompts = {r["i"]: r["s"] for r in self.prompts.rows(set(rows))}
         texts = self.golden_sims + [prompts[i] for i in rows]
+        sigs = self.index.signatures(list(range(g)) + [k + g for k in flagged])
         order = [f"\0{case}" for case in (self.golden.ids if self.golden else ())]
         order += [f"{self.ids[i]}\t{self.labels[i] or ''}" for i in rows]
         union = UnionFind(len(rows))
         limits = [self.cfg.dedup.threshold] + ([self.cfg.leakage.threshold] if g else [])
-        pairs = near_pairs(texts, order, self.cfg.dedup, self.index.bands, limits)
+        pairs = near_pairs(texts, order, self.cfg.dedup, self.index.bands, limits, sigs)
         for a, b, similarity in pairs:
             if b < g:
                 continue
@@ -244,7 +263,7 @@ class _Run:
         groups = [sorted(rows[k] for k in group) for group in union.groups()]
         # Free-form answers (no class key) are compared by text, read back only when needed.
         free = {m for members in groups for m in members if self.keys[m] is None}
-        answers = {r["i"]: r["messages"][-1][1] for r in self.spill.rows(free)} if free else {}
+        answers = {r["i"]: r["turns"][-1]["content"] for r in self.spill.rows(free)} if free else {}
         for members in groups:
             self._resolve_group(members, [answers.get(m, "") for m in members])
 
@@ -285,24 +304,21 @@ class _Run:
                 if policies[reason] != "off":
                     self._flag([index], reason, policies[reason], match=snippet)
 
-    def _trigger_ngrams(self) -> None:
-        policy = self.cfg.poison.triggers
-        self.stats["triggers"] = []
-        if policy == "off":
-            return
-
+    def _search_triggers(self) -> TriggerSearch:
         def records() -> Iterator[tuple[int, list[str], str, str]]:
-            self.progress.stage("trigger n-grams", None)
             for record in self.prompts.rows():
-                if record["k"] is not None:
-                    index = record["i"]
+                index = record["i"]
+                if record["k"] is not None and index not in self.dup_of:
                     yield index, record["s"].split(), record["k"], self.ids[index]
 
-        found, flagged, summary = poison.detect_triggers(self.triggers, records)
+        return poison.detect_triggers(self.triggers, records)
+
+    def _trigger_flags(self, search: TriggerSearch) -> None:
+        found, flagged, summary = search
         self.stats["triggers"] = [t.__dict__ for t in found]
         self.stats["trigger_search"] = summary
         for index, gram in sorted(flagged.items()):
-            self._flag([index], "trigger_ngram", policy, trigger=gram)
+            self._flag([index], "trigger_ngram", self.cfg.poison.triggers, trigger=gram)
 
     def _finish(self, early: Path, rejects: QuarantineWriter) -> dict[str, Any]:
         removed = {i for i, reasons in self.removed.items() if reasons}
@@ -313,24 +329,26 @@ class _Run:
             self.cfg.split.validation_fraction,
             self.cfg.split.seed,
         )
-        synthetic, augment_summary = self._augment(survivors, split)
+        synthetic, augment_summary = run_augmentation(self, survivors, split)
         sink = DatasetSink(self.staging)
         late = self.staging / ".quarantine-late.jsonl"
         self.progress.stage("write", len(self.lines))
         with QuarantineWriter(late) as writer:
             for record in self.spill.rows():
-                self.progress.advance()
                 index = record["i"]
-                if "dup" in record or index in removed:
+                if index in self.dup_of or index in removed:
                     writer.write(self._quarantine_row(record))
                 else:
-                    sink.add(split[index], record["id"], record["messages"], record["label"],
-                             record["source"], record["meta"])  # fmt: skip
+                    sink.add_prepared(split[index], record["id"], record["turns"],
+                                      record["label"], record["source"], record["mj"],
+                                      record["h"])  # fmt: skip
+            self.progress.advance(len(self.lines))
         for row in synthetic:
             sink.add("train", *row)
         merge_by_line([early, late], self.staging / QUARANTINE)
         sink.save(self.staging / DATASET)
-        for path in (early, late, self.spill.path, self.prompts.path):
+        self.index.close()
+        for path in (early, late, self.spill.path, self.prompts.path, self.signatures):
             path.unlink()
         stages = Counter(rejects.by_stage) + Counter(writer.by_stage)
         quarantined = sum(stages.values())
@@ -356,8 +374,9 @@ class _Run:
 
     def _quarantine_row(self, record: dict[str, Any]) -> QuarantineRow:
         index = record["i"]
-        twin = record.get("dup", self.pointer.get(index))
-        reasons = ["exact_duplicate"] if "dup" in record else list(self.removed[index])
+        exact = index in self.dup_of
+        twin = self.dup_of[index] if exact else self.pointer.get(index)
+        reasons = ["exact_duplicate"] if exact else list(self.removed[index])
         if twin is not None:
             # The twin was kept unless it was removed later; then this line shares its fate.
             reasons += [r for r in self.removed.get(twin, ()) if r not in reasons]
@@ -369,156 +388,3 @@ class _Run:
             self.lines[index], record["raw"].encode(), tuple(reasons), None,
             message_for(self.lines[index], None, text), duplicate_of=twin_line, detail=detail,
         )  # fmt: skip
-
-    def _augment(
-        self, survivors: list[int], split: Mapping[int, str]
-    ) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
-        cfg = self.cfg.augment
-        if cfg.n == 0 or self.teacher is None:
-            return [], {"n": 0}
-        train = [i for i in survivors if split[i] == "train"]
-        infos = [SourceInfo(i, self.labels[i], self.tags[i]) for i in train]
-        sources = select_sources(
-            infos,
-            edge_tags=cfg.edge_tags,
-            under_represented=cfg.under_represented,
-            max_sources=cfg.max_sources,
-        )
-        self.progress.stage("augment", None)
-        rows, summary = augment(
-            _SpillCorpus(self),
-            self.teacher,
-            sources,
-            n=cfg.n,
-            seed=cfg.seed,
-            labels=self.cfg.schema.labels,
-            cap=int(cfg.max_ratio * len(survivors)),
-        )
-        return rows, {"n": cfg.n, **summary}
-
-
-def _spill_row(index: int, a: Admitted) -> dict[str, Any]:
-    return {
-        "i": index,
-        "line": a.line,
-        "raw": a.raw,
-        "id": a.id,
-        "messages": a.example.messages,
-        "label": a.example.label,
-        "source": a.example.source,
-        "meta": a.example.metadata,
-        "sim": a.similarity,
-    }
-
-
-_CHUNK = 1024
-_worker_admission: Admission | None = None
-
-
-def _admitted(
-    lines: Iterable[RawLine], admission: Admission, workers: int
-) -> Iterator[Admitted | QuarantineRow]:
-    """Admission outcomes in input order; with ``workers`` > 1, chunks of lines are admitted in
-    worker processes, at most ``2 * workers`` chunks in flight so the input is still streamed."""
-    if workers <= 1:
-        for raw in lines:
-            yield admission.line(raw)
-        return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with context.Pool(workers, initializer=_start_worker, initargs=(admission.cfg,)) as pool:
-        pending: deque[Any] = deque()
-        chunk: list[RawLine] = []
-        for raw in lines:
-            chunk.append(raw)
-            if len(chunk) == _CHUNK:
-                pending.append(pool.apply_async(_admit_chunk, (chunk,)))
-                chunk = []
-                if len(pending) >= 2 * workers:
-                    yield from pending.popleft().get()
-        if chunk:
-            pending.append(pool.apply_async(_admit_chunk, (chunk,)))
-        while pending:
-            yield from pending.popleft().get()
-
-
-def _start_worker(config: CurateConfig) -> None:
-    global _worker_admission
-    gc.disable()
-    _worker_admission = Admission(config)
-
-
-def _admit_chunk(chunk: list[RawLine]) -> list[Admitted | QuarantineRow]:
-    assert _worker_admission is not None
-    return [_worker_admission.line(raw) for raw in chunk]
-
-
-class _SpillCorpus:
-    """Augmentation's view of the run: kept examples from the spill, and the same admission,
-    exact-dup and LSH near-dup/leakage checks as the input went through."""
-
-    def __init__(self, run: _Run) -> None:
-        self.run = run
-
-    def examples(self, indices: Sequence[int]) -> list[tuple[int, Example, str, int | None]]:
-        rows = {r["i"]: r for r in self.run.spill.rows(set(indices))}
-        return [(i, _example(rows[i]), rows[i]["id"], rows[i]["line"]) for i in indices]
-
-    def admit(self, record: Mapping[str, Any]) -> tuple[str | None, Any]:
-        result = self.run.admission.record(dict(record), None, orjson.dumps(record))
-        if isinstance(result, SchemaIssue):
-            return result.reasons[0], None
-        if result.flags:
-            return result.flags[0][0], None
-        if result.exact_key in self.run.seen:
-            return "exact_duplicate", None
-        self.run.seen[result.exact_key] = -1
-        return None, result
-
-    def near_reasons(self, admitted: Sequence[Any]) -> list[str | None]:
-        run, cfg = self.run, self.run.cfg
-        sims = [a.similarity for a in admitted]
-        first = run.index.size
-        run.index.add(sims)
-        g, corpus_end = run.golden_n, run.golden_n + len(run.unique)
-        flagged = [int(k) for k in run.index.flags().nonzero()[0]]
-        rows = [run.unique[k - g] for k in flagged if g <= k < corpus_end]
-        new = [k - first for k in flagged if k >= first]
-        corpus = {r["i"]: r["s"] for r in run.prompts.rows(set(rows))}
-        texts = run.golden_sims + [corpus[i] for i in rows] + [sims[j] for j in new]
-        order = [f"\0{t}" for t in run.golden_sims] + [run.ids[i] for i in rows]
-        order += [admitted[j].id for j in new]
-        offset = g + len(rows)
-        reasons: list[str | None] = [None] * len(admitted)
-        earlier: dict[int, list[int]] = defaultdict(list)
-        limits = [cfg.dedup.threshold, cfg.leakage.threshold]
-        for a, b, similarity in near_pairs(texts, order, cfg.dedup, run.index.bands, limits):
-            if b < offset:
-                continue
-            j = new[b - offset]
-            if a < g:
-                if similarity >= cfg.leakage.threshold:
-                    reasons[j] = "golden_leakage"
-                continue
-            if similarity < cfg.dedup.threshold:
-                continue
-            if a < offset:
-                if hash(admitted[j].system) == run.system[rows[a - g]]:
-                    reasons[j] = reasons[j] or "near_duplicate"
-            else:
-                i = new[a - offset]
-                earlier[max(i, j)].append(min(i, j))
-        for j in range(len(admitted)):
-            # Among paraphrases, the first of a near-duplicate pair that survives is kept.
-            if reasons[j] is None and any(reasons[i] is None for i in earlier[j]):
-                reasons[j] = "near_duplicate"
-        return reasons
-
-    def row(self, admitted: Any) -> tuple[Any, ...]:
-        example = admitted.example
-        return (admitted.id, example.messages, example.label, example.source, example.metadata)
-
-
-def _example(row: Mapping[str, Any]) -> Example:
-    messages = tuple((role, content) for role, content in row["messages"])
-    return Example(messages, row["label"], row["source"], row["meta"])

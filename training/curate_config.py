@@ -8,8 +8,6 @@ of the key where it can be found, the dotted key and what is wrong.
 from __future__ import annotations
 
 import dataclasses
-import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +19,7 @@ from training.errors import ConfigError
 from training.pii import PiiConfig
 from training.poison import TriggerConfig
 from training.schema import UnknownKeyPolicy
+from training.tomlconf import key_line, read_toml
 
 Policy = Literal["quarantine", "warn", "off"]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -150,14 +149,7 @@ def load_config(path: Path | None) -> CurateConfig:
     """Defaults when ``path`` is None, else the TOML file validated over the defaults."""
     if path is None:
         return CurateConfig()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    data, text = read_toml(path)
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
@@ -193,28 +185,11 @@ def _describe(exc: ValidationError, source: str, text: str | None) -> str:
         what = "unknown key"
     else:
         what = f"{error['msg']} (got {error.get('input')!r})"
-    line = _line_of(text, [str(p) for p in error["loc"]]) if text else None
+    line = key_line(text, [str(p) for p in error["loc"]]) if text else None
     where = f"{source}:{line}" if line else source
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more)" if more else ""
     return f"{where}: {key}: {what}{suffix}"
-
-
-def _line_of(text: str, loc: list[str]) -> int | None:
-    """Best-effort line number of a dotted key (tomllib keeps no positions)."""
-    if not loc:
-        return None
-    *tables, key = loc
-    header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, tables)) + r"\s*\]")
-    assignment = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
-    inside = not tables
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.lstrip().startswith("["):
-            inside = bool(tables) and header.match(line) is not None
-            continue
-        if inside and assignment.match(line):
-            return number
-    return None
 
 
 def replace(config: CurateConfig, **sections: Any) -> CurateConfig:

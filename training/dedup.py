@@ -1,11 +1,12 @@
 """Duplicate detection: exact (normalised conversation hash) and near (MinHash LSH over character
 shingles of the prompt, verified by exact Jaccard).
 
-Near-duplicate search runs in two steps so the whole corpus never needs Python-level signatures:
-1. ``CandidateIndex`` streams prompt batches into rensa's LSH as compact digest matrices (token
-   hashes are computed in numpy) and at the end flags every row that shares a band with another.
-2. ``similar_pairs`` takes only the flagged rows, recomputes their signatures, bands them in
-   numpy and verifies each candidate pair with the exact Jaccard of the shingle sets.
+Near-duplicate search runs in two steps so the whole corpus never needs pairwise work:
+1. ``dedup_index.CandidateIndex`` takes prompt signatures (rensa MinHash digests of numpy-hashed
+   shingles, computed where the records are admitted), keeps one key per LSH band in memory and
+   the signatures on disk, and at the end flags every row that shares a band with another.
+2. ``near_pairs`` takes only the flagged rows' signatures, bands them in numpy and verifies each
+   candidate pair near a threshold with the exact Jaccard of the shingle sets.
 
 Groups are connected components of verified pairs, which depend only on the texts, so the result
 does not depend on input order; which member of a group is kept (the first) is the caller's rule.
@@ -16,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from typing import Annotated
 
 import numpy as np
@@ -158,44 +161,45 @@ def choose_bands(num_perm: int, threshold: float, recall: float = 0.99) -> int:
     return num_perm
 
 
-class CandidateIndex:
-    """Streaming LSH over prompt texts: ``add`` batches, then ``flags()`` says which rows share
-    a band with any other row (the only rows that can have a near-duplicate)."""
-
-    def __init__(self, config: NearDupConfig, min_threshold: float) -> None:
-        self.config = config
-        self.bands = choose_bands(config.num_perm, min_threshold)
-        self._lsh = rensa.RMinHashLSH(min_threshold, config.num_perm, self.bands)
-        self._matrices: list[rensa.RMinHashDigestMatrix] = []
-        self.size = 0
-
-    def add(self, texts: Sequence[str]) -> None:
-        if not texts:
-            return
-        hashes, offsets = shingle_hashes(texts, self.config.shingle)
-        matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
-            hashes, offsets, self.config.num_perm, self.config.seed
-        )
-        self._lsh.insert_matrix(matrix, start_key=self.size)
-        self._matrices.append(matrix)
-        self.size += len(texts)
-
-    def flags(self) -> npt.NDArray[np.bool_]:
-        parts = [
-            np.asarray(self._lsh.query_duplicate_flags_matrix(m), dtype=bool)
-            for m in self._matrices
-        ]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
-
-
 def signatures(hashes: U64, offsets: U64, config: NearDupConfig) -> npt.NDArray[np.uint32]:
+    """MinHash signatures (rensa), one row of ``num_perm`` uint32 per text."""
     matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
         hashes, offsets, config.num_perm, config.seed
     )
-    return np.asarray(matrix.to_rows(), dtype=np.uint32).reshape(-1, config.num_perm)
+    rows = matrix.to_rows()
+    # fromiter over the flattened rows is about twice as fast as asarray on the nested lists.
+    flat = np.fromiter(
+        chain.from_iterable(rows), dtype=np.uint32, count=len(rows) * config.num_perm
+    )
+    return flat.reshape(len(rows), config.num_perm)
 
 
-def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
+def text_signatures(texts: Sequence[str], config: NearDupConfig) -> npt.NDArray[np.uint32]:
+    """Signatures of similarity texts, hashed batch by batch (the shingle arrays of a whole
+    corpus would dwarf the signatures)."""
+    parts = [
+        signatures(*shingle_hashes(texts[i : i + _SIGNATURE_BATCH], config.shingle), config)
+        for i in range(0, len(texts), _SIGNATURE_BATCH)
+    ]
+    if not parts:
+        return np.zeros((0, config.num_perm), dtype=np.uint32)
+    return np.concatenate(parts)
+
+
+def band_keys(sigs: npt.NDArray[np.uint32], bands: int) -> U64:
+    """One uint64 per row and LSH band (``(n, bands)``): rows sharing a key share the band."""
+    n, num_perm = sigs.shape
+    rows = num_perm // bands
+    weights = _band_weights(rows)
+    keys: U64 = np.empty((n, bands), dtype=np.uint64)
+    # Band by band: a uint64 copy of all signatures at once would be twice their size again.
+    for band in range(bands):
+        block = sigs[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        keys[:, band] = (block * weights).sum(axis=1, dtype=np.uint64)
+    return keys
+
+
+def jaccard(a: AbstractSet[Hashable], b: AbstractSet[Hashable]) -> float:
     if not a and not b:
         return 1.0
     inter = len(a & b)
@@ -208,35 +212,39 @@ def candidate_pairs(
     """Distinct pairs ``(i, j)``, ``i < j``, of rows sharing at least one LSH band, as an
     ``(n, 2)`` array. A bucket of more than ``_ALL_PAIRS_MAX`` rows pairs each member with the
     bucket's smallest ``order_keys`` member only, so the result never depends on row order."""
-    n, num_perm = sigs.shape
-    rows = num_perm // bands
+    n = len(sigs)
     rank = np.empty(n, dtype=np.int64)
     rank[np.argsort(np.asarray(order_keys, dtype=object), kind="stable")] = np.arange(n)
-    weights = _band_weights(rows)
+    all_keys = band_keys(sigs, bands)
     found: list[npt.NDArray[np.int64]] = []
     for band in range(bands):
-        block = sigs[:, band * rows : (band + 1) * rows].astype(np.uint64)
-        keys = (block * weights).sum(axis=1, dtype=np.uint64)
+        keys = all_keys[:, band]
         order = np.lexsort((rank, keys))
         sorted_keys = keys[order]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         sizes = np.diff(np.r_[starts, n])
-        # Buckets of two (the common case) become pairs in one vectorised step.
-        pairs_of_two = starts[sizes == 2]
-        found.append(np.stack([order[pairs_of_two], order[pairs_of_two + 1]], axis=1))
-        for start, size in zip(starts[sizes > 2].tolist(), sizes[sizes > 2].tolist(), strict=True):
-            members = order[start : start + size]
-            if size <= _ALL_PAIRS_MAX:
-                i, j = _triu(size)
-                found.append(np.stack([members[i], members[j]], axis=1))
-            else:
-                anchor = np.full(size - 1, members[0])  # smallest order key: lexsort put it first
-                found.append(np.stack([anchor, members[1:]], axis=1))
+        # Buckets of one size become pairs in one vectorised step per size.
+        for size in np.unique(sizes[(sizes > 1) & (sizes <= _ALL_PAIRS_MAX)]).tolist():
+            members = order[starts[sizes == size][:, None] + np.arange(size)]
+            i, j = _triu(size)
+            found.append(np.stack([members[:, i].ravel(), members[:, j].ravel()], axis=1))
+        big = sizes > _ALL_PAIRS_MAX
+        if big.any():
+            # The smallest order key (lexsort put it first) anchors the rest of its bucket.
+            big_starts, big_sizes = starts[big], sizes[big]
+            anchors = np.repeat(order[big_starts], big_sizes - 1)
+            offsets = np.arange(int((big_sizes - 1).sum())) - np.repeat(
+                np.cumsum(big_sizes - 1) - (big_sizes - 1), big_sizes - 1
+            )
+            rest = order[np.repeat(big_starts, big_sizes - 1) + 1 + offsets]
+            found.append(np.stack([anchors, rest], axis=1))
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
     pairs = np.concatenate(found).astype(np.int64)
     pairs.sort(axis=1)
-    return np.unique(pairs, axis=0)
+    # One int64 per pair makes the de-duplication a flat sort.
+    codes = np.unique(pairs[:, 0] * np.int64(n) + pairs[:, 1])
+    return np.stack([codes // n, codes % n], axis=1)
 
 
 @lru_cache(maxsize=_ALL_PAIRS_MAX + 1)
@@ -245,13 +253,10 @@ def _triu(size: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     return i, j
 
 
+@lru_cache(maxsize=8)
 def _band_weights(rows: int) -> U64:
     generator = np.random.default_rng(0x51_6E_61)
     return generator.integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
-
-
-def _ordered(a: int, b: int) -> tuple[int, int]:
-    return (a, b) if a < b else (b, a)
 
 
 class UnionFind:
@@ -298,6 +303,7 @@ def near_pairs(
     config: NearDupConfig,
     bands: int,
     thresholds: Sequence[float],
+    sigs: npt.NDArray[np.uint32] | None = None,
 ) -> list[tuple[int, int, float]]:
     """LSH candidate pairs ``(i, j, similarity)``, ``i < j``, among similarity texts that may
     reach the lowest of ``thresholds``. The similarity is the MinHash estimate, replaced by the
@@ -305,37 +311,43 @@ def near_pairs(
     no decision at a threshold rests on the estimate's noise (sd ~0.03 at 128 permutations)."""
     if len(texts) < 2:
         return []
-    # Signatures batch by batch: the shingle arrays of a whole corpus would dwarf them.
-    batches = [texts[i : i + _SIGNATURE_BATCH] for i in range(0, len(texts), _SIGNATURE_BATCH)]
-    sigs = np.concatenate(
-        [signatures(*shingle_hashes(batch, config.shingle), config) for batch in batches]
-    )
+    if sigs is None:
+        sigs = text_signatures(texts, config)
     pairs = candidate_pairs(sigs, order_keys, bands)
     if not len(pairs):
         return []
     estimate = np.empty(len(pairs))
-    for start in range(0, len(pairs), 65536):
-        chunk = pairs[start : start + 65536]
+    for start in range(0, len(pairs), 16384):
+        chunk = pairs[start : start + 16384]
         estimate[start : start + len(chunk)] = (sigs[chunk[:, 0]] == sigs[chunk[:, 1]]).mean(axis=1)
     lowest = min(thresholds)
     close = np.zeros(len(pairs), dtype=bool)
     for threshold in thresholds:
         close |= np.abs(estimate - threshold) < _EXACT_MARGIN
     keep = (estimate >= lowest - _EXACT_MARGIN) | close
-    cache: dict[int, frozenset[int]] = {}
-
-    def shingles(row: int) -> frozenset[int]:
-        found = cache.get(row)
-        if found is None:
-            hashes, _ = shingle_hashes([texts[row]], config.shingle)
-            found = cache[row] = frozenset(hashes.tolist())
-        return found
-
+    # Shingle sets only for rows of pairs the exact Jaccard settles, hashed in batches and kept
+    # as sorted uint64 arrays (8 bytes a shingle; a Python set of ints costs ~6x that).
+    needed = np.unique(pairs[keep][close[keep]])
+    sets: dict[int, U64] = {}
+    for start in range(0, len(needed), _SIGNATURE_BATCH):
+        batch = needed[start : start + _SIGNATURE_BATCH].tolist()
+        hashes, offsets = shingle_hashes([texts[r] for r in batch], config.shingle)
+        bounds = offsets.tolist()
+        for k, row in enumerate(batch):
+            sets[row] = np.unique(hashes[bounds[k] : bounds[k + 1]])
     result = []
     for (a, b), similarity, exact in zip(
         pairs[keep].tolist(), estimate[keep].tolist(), close[keep].tolist(), strict=True
     ):
         if exact:
-            similarity = jaccard(shingles(a), shingles(b))
+            similarity = sorted_jaccard(sets[a], sets[b])
         result.append((a, b, similarity))
     return result
+
+
+def sorted_jaccard(a: U64, b: U64) -> float:
+    """``jaccard`` of two sets given as sorted arrays of distinct values."""
+    if not len(a) and not len(b):
+        return 1.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)

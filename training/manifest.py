@@ -95,6 +95,13 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def row_hash(row_id: str, turns: Sequence[Mapping[str, str]], label: str | None, source: str,
+             meta_json: str) -> str:  # fmt: skip
+    """Hash of one dataset row (its split is added when the content hash is taken)."""
+    canonical = orjson.dumps([row_id, turns, label, source, meta_json])
+    return hashlib.sha256(canonical).hexdigest()
+
+
 class DatasetSink:
     """Streams kept rows into one Arrow file per split, hashing them as it goes, then saves a
     ``DatasetDict`` (docs/CONTRACTS.md, "Curated dataset") with ``save_to_disk``."""
@@ -134,14 +141,31 @@ class DatasetSink:
     ) -> None:
         meta_json = orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()
         turns = [{"role": role, "content": content} for role, content in messages]
+        digest = row_hash(row_id, turns, label, source, meta_json)
+        self.add_prepared(split, row_id, turns, label, source, meta_json, digest)
+
+    def add_prepared(
+        self,
+        split: str,
+        row_id: str,
+        turns: list[dict[str, str]],
+        label: str | None,
+        source: str,
+        meta_json: str,
+        digest: str,
+    ) -> None:
+        """``add`` for a row whose turns, metadata JSON and ``row_hash`` were made already
+        (by the admission workers)."""
         columns = self._buffers[split]
         columns["id"].append(row_id)
-        columns["messages"].append(turns)
+        for turn in turns:
+            columns["role"].append(turn["role"])
+            columns["content"].append(turn["content"])
+        columns["offset"].append(len(columns["role"]))
         columns["label"].append(label)
         columns["source"].append(source)
         columns["metadata"].append(meta_json)
-        canonical = orjson.dumps([split, row_id, turns, label, source, meta_json])
-        self._hashes.append((split, row_id, hashlib.sha256(canonical).hexdigest()))
+        self._hashes.append((split, row_id, digest))
         self.counts[split] += 1
         key = label if label is not None else "<none>"
         self.labels[split][key] = self.labels[split].get(key, 0) + 1
@@ -149,17 +173,27 @@ class DatasetSink:
             self._flush(split)
 
     def _flush(self, split: str) -> None:
+        # Arrow arrays built from flat columns: converting a list of message dicts row by row
+        # (``write_batch``) costs more than the rest of the final pass.
+        import pyarrow as pa
+
         columns = self._buffers[split]
         if columns["id"]:
-            self._writers[split].write_batch(columns)
+            turns = pa.StructArray.from_arrays(
+                [pa.array(columns["role"], pa.string()), pa.array(columns["content"], pa.string())],
+                names=["role", "content"],
+            )
+            messages = pa.ListArray.from_arrays(pa.array(columns["offset"], pa.int32()), turns)
+            arrays = [pa.array(columns["id"], pa.string()), messages]
+            arrays += [pa.array(columns[k], pa.string()) for k in ("label", "source", "metadata")]
+            table = pa.Table.from_arrays(arrays, schema=self.features.arrow_schema)
+            self._writers[split].write_table(table)
             self._buffers[split] = _empty_columns()
 
     def content_sha256(self) -> str:
         """Hash of the kept rows, independent of the order they were written in."""
-        digest = hashlib.sha256()
-        for split, row_id, row_hash in sorted(self._hashes):
-            digest.update(f"{split}\t{row_id}\t{row_hash}\n".encode())
-        return digest.hexdigest()
+        lines = [f"{split}\t{row_id}\t{digest}\n" for split, row_id, digest in sorted(self._hashes)]
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
 
     def save(self, target: Path) -> None:
         import datasets
@@ -184,7 +218,8 @@ class DatasetSink:
 
 
 def _empty_columns() -> dict[str, list[Any]]:
-    return {"id": [], "messages": [], "label": [], "source": [], "metadata": []}
+    names = ("id", "role", "content", "label", "source", "metadata")
+    return {"offset": [0], **{name: [] for name in names}}
 
 
 def stratified_split(

@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Annotated
 
+import numpy as np
 from pydantic import ConfigDict, Field, with_config
 
 from training.dedup import similarity_text
@@ -174,14 +176,41 @@ class TriggerStats:
         self._tables: _Tables | None = None
 
     def add(self, words: Sequence[str], key: str) -> None:
-        counts = self.by_class.get(key)
-        if counts is None:
+        if self.count(key):
+            self.by_class[key].update(prompt_grams(words, self.config.max_n))
+
+    def count(self, key: str) -> bool:
+        """Count one prompt of answer ``key`` without its n-grams (``merge`` adds those in
+        bulk); False when the class cap leaves the answer out. The first ``max_classes``
+        answers seen are the classes, so a class is in or out for the whole run."""
+        if key not in self.by_class:
             if len(self.by_class) >= self.config.max_classes:
-                return
-            counts = self.by_class[key] = Counter()
+                return False
+            self.by_class[key] = Counter()
         self.docs += 1
         self.class_docs[key] += 1
-        counts.update(prompt_grams(words, self.config.max_n))
+        return True
+
+    def merge(self, key: str, grams: Mapping[Gram, int]) -> None:
+        """Add n-gram counts of prompts of answer ``key`` (counted by ``count``); ignored for
+        an answer outside the classes."""
+        counts = self.by_class.get(key)
+        if counts is not None:
+            counts.update(grams)
+
+    def discard(self, words: Sequence[str], key: str) -> None:
+        """Take back the n-grams of one prompt ``merge`` added but ``count`` never counted (an
+        exact duplicate found after its chunk was tallied). Zero counts are deleted, so the
+        tables match those of adding only the prompts kept."""
+        counts = self.by_class.get(key)
+        if counts is None:
+            return
+        for gram in prompt_grams(words, self.config.max_n):
+            left = counts[gram] - 1
+            if left > 0:
+                counts[gram] = left
+            else:
+                del counts[gram]
 
     def candidates(self) -> list[tuple[Gram, str, int, float]]:
         """``(ngram, answer, support, purity)`` for rare n-grams that nearly fix the answer,
@@ -311,26 +340,45 @@ def detect_triggers(
     summary = {"candidates": len(found_all), "tested": len(candidates)}
     if not candidates:
         return [], {}, summary
-    answer_of = {gram: key for gram, key, _, _ in candidates}
-    words_in = set().union(*(gram_words(gram) for gram in answer_of))
+    number = {gram: n for n, (gram, _, _, _) in enumerate(candidates)}
     # Only holders with the candidate's own answer matter: they are the ones scored and the
-    # ones flagged.
-    holders: dict[Gram, list[tuple[str, Sequence[str], int]]] = {g: [] for g in answer_of}
+    # ones flagged; so each answer intersects with its own candidates, in C.
+    wanted: dict[str, set[Gram]] = {}
+    for gram, key, _, _ in candidates:
+        wanted.setdefault(key, set()).add(gram)
+    words_in = set().union(*(gram_words(gram) for gram in number))
+    gram_of: list[int] = []
+    holder_of: list[int] = []
+    words_of: list[Sequence[str]] = []
+    order_of: list[tuple[str, int]] = []
     max_n = stats.config.max_n
     for index, words, key, content_id in records():
-        if words_in.isdisjoint(words):
+        mine = wanted.get(key)
+        if mine is None or words_in.isdisjoint(words):
             continue
-        for gram in prompt_grams(words, max_n).intersection(answer_of):
-            if answer_of[gram] == key:
-                holders[gram].append((content_id, words, index))
+        hits = prompt_grams(words, max_n) & mine
+        if hits:
+            gram_of.extend(map(number.__getitem__, hits))
+            holder_of.extend(repeat(len(words_of), len(hits)))
+            words_of.append(words)
+            order_of.append((content_id, index))
+    # Holders ranked by content id (then index): per candidate, its first ``flip_sample``
+    # holders in that order are scored, whatever the input order was.
+    rank = np.empty(len(order_of), dtype=np.int64)
+    rank[sorted(range(len(order_of)), key=order_of.__getitem__)] = np.arange(len(order_of))
+    grams = np.asarray(gram_of, dtype=np.int64)
+    holders = np.asarray(holder_of, dtype=np.int64)
+    sorted_holders = holders[np.lexsort((rank[holders], grams))]
+    bounds = np.searchsorted(np.sort(grams), np.arange(len(candidates) + 1)).tolist()
     found: list[Trigger] = []
     flagged: dict[int, str] = {}
-    for gram, key, support, purity in candidates:
-        holding = sorted(holders[gram])
-        flip = stats.flip_rate(gram, key, [words for _, words, _ in holding])
+    sample = stats.config.flip_sample
+    for n, (gram, key, support, purity) in enumerate(candidates):
+        first = sorted_holders[bounds[n] : min(bounds[n] + sample, bounds[n + 1])].tolist()
+        flip = stats.flip_rate(gram, key, [words_of[h] for h in first])
         if flip < stats.config.min_flip:
             continue
         found.append(Trigger(gram_text(gram), key, support, round(purity, 4), round(flip, 4)))
-        for _, _, index in holding:
-            flagged.setdefault(index, gram_text(gram))
+        for holder in sorted_holders[bounds[n] : bounds[n + 1]].tolist():
+            flagged.setdefault(order_of[holder][1], gram_text(gram))
     return found, flagged, summary

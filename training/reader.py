@@ -9,6 +9,7 @@ so only lines it rejects pay for a second look.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ BOM = b"\xef\xbb\xbf"
 # How much of an over-long line is kept for its quarantine row.
 PREVIEW_BYTES = 200
 _SKIP_CHUNK = 1 << 20
+_COPY_CHUNK = 1 << 20
 
 
 class RawLine(NamedTuple):
@@ -142,18 +144,20 @@ def _json_kind(value: object) -> str:
 
 
 class Spill:
-    """Admitted records parked on disk between passes, one JSON object per line in input order.
-
-    Every row starts with ``{"i":N,`` so a filtered read finds its rows without parsing the rest;
-    ``dup`` rows (exact duplicates) carry only what their quarantine row needs."""
+    """Admitted records parked on disk between passes, one JSON object per line in admission
+    order, so a row's position is its record index. Rows arrive whole chunk files at a time
+    (written by the admission workers); ``rows`` adds the index as ``"i"``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle: BinaryIO | None = path.open("wb")
 
-    def write(self, row: dict[str, Any]) -> None:
+    def append_file(self, part: Path) -> None:
+        """Move the rows of ``part`` (a chunk's rows, in order) to the end of the spill."""
         assert self._handle is not None, "spill is closed"
-        self._handle.write(orjson.dumps(row) + b"\n")
+        with part.open("rb") as source:
+            shutil.copyfileobj(source, self._handle, _COPY_CHUNK)
+        part.unlink()
 
     def close(self) -> None:
         if self._handle is not None:
@@ -161,11 +165,11 @@ class Spill:
             self._handle = None
 
     def rows(self, wanted: set[int] | None = None) -> Iterator[dict[str, Any]]:
-        """All rows, or only the non-duplicate rows whose index is in ``wanted``."""
+        """All rows, or only those whose index is in ``wanted`` (the rest are not parsed)."""
         with self.path.open("rb") as handle:
-            for line in handle:
-                if wanted is not None and (
-                    int(line[5 : line.index(b",")]) not in wanted or b',"dup":' in line
-                ):
+            for index, line in enumerate(handle):
+                if wanted is not None and index not in wanted:
                     continue
-                yield orjson.loads(line)
+                row = orjson.loads(line)
+                row["i"] = index
+                yield row

@@ -139,9 +139,7 @@ def parse_example(
     example = fast if fast is not None else _pydantic_example(obj)
     if isinstance(example, SchemaIssue) or not moved or unknown_keys == "drop":
         return example
-    return Example(
-        example.messages, example.label, example.source, {**example.metadata, **moved}
-    )
+    return Example(example.messages, example.label, example.source, {**example.metadata, **moved})
 
 
 def _pydantic_example(obj: dict[str, Any]) -> Example | SchemaIssue:

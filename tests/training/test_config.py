@@ -168,3 +168,19 @@ def test_with_overrides_keeps_the_rest() -> None:
     d = with_overrides(c, train={"micro_batch_size": 4, "gradient_accumulation_steps": 2})
     assert (d.train.micro_batch_size, d.train.gradient_accumulation_steps) == (4, 2)
     assert d.train.learning_rate == c.train.learning_rate and d.lora == c.lora
+
+
+def test_shared_toml_reader_points_at_keys_and_tables(tmp_path: Path) -> None:
+    """``training.tomlconf`` (used by the train and curate configs) finds a key's line inside
+    nested tables and an unknown table's header, and names the file on unreadable input."""
+    from training.tomlconf import key_line, read_toml
+
+    text = "top = 1\n[poison]\nurls = 'warn'\n[poison.trigger]\nmax_n = 9\n[bogus]\n"
+    assert key_line(text, ["top"]) == 1
+    assert key_line(text, ["poison", "trigger", "max_n"]) == 5
+    assert key_line(text, ["poison", "max_n"]) is None
+    assert key_line(text, ["bogus"]) == 6
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff = 1\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: cannot read config"):
+        read_toml(bad)

@@ -311,17 +311,32 @@ def test_cli_prints_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert len(printed.splitlines()) < 40
 
 
-def test_parallel_workers_give_the_same_result(tmp_path: Path) -> None:
-    """Admission in two worker processes produces the same outputs as in-process."""
+def test_parallel_workers_give_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission in two worker processes, over many small chunks (duplicates and near-duplicates
+    across chunk borders, trigger search in a forked process), produces the same manifest,
+    dataset and quarantine as one process."""
+    import training.curate_read
+
+    monkeypatch.setattr(training.curate_read, "CHUNK_LINES", 5)
     lines = [line for _, line, _ in HOSTILE] + [rec(*g) for g in GOOD[1:]]
+    lines += [rec(*GOOD[0])] * 2 + [rec(GOOD[1][0].upper(), *GOOD[1][1:])]
     raw = write_lines(tmp_path / "raw.jsonl", lines)
     one = curate(raw, tmp_path / "one", hostile_config(), golden=golden())
     config = replace(hostile_config(), read=ReadConfig(max_line_bytes=2000, workers=2))
     two = curate(raw, tmp_path / "two", config, golden=golden())
-    assert one["content_sha256"] == two["content_sha256"]
-    assert one["counts"] == two["counts"]
+    assert two["config"]["read"].pop("workers") == 2
+    one["config"]["read"].pop("workers")
+    assert one == two
+    assert one["counts"]["exact_dup"] >= 2 and one["counts"]["near_dup"] >= 1
     q1 = (tmp_path / "one" / "quarantine.jsonl").read_bytes()
     assert q1 == (tmp_path / "two" / "quarantine.jsonl").read_bytes()
+    for split in ("train", "validation"):
+        rows = [
+            load_from_disk(str(tmp_path / d / "dataset"))[split].to_list() for d in ("one", "two")
+        ]
+        assert rows[0] == rows[1]
 
 
 def test_augmentation_without_a_teacher_is_refused(tmp_path: Path) -> None:

@@ -10,17 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from training.dedup import (
-    CandidateIndex,
     NearDupConfig,
     candidate_pairs,
     choose_bands,
     conversation_id,
+    jaccard,
     near_duplicate_groups,
     normalize_text,
     shingle_hashes,
     signatures,
     similarity_text,
+    sorted_jaccard,
 )
+from training.dedup_index import CandidateIndex
 
 TICKETS = [
     "My parcel with the kettle has been stuck in transit since Monday, order NW-12345.",
@@ -138,8 +140,7 @@ def test_groups_do_not_depend_on_input_order(
     groups = {frozenset(texts[i] for i in g) for g in near_duplicate_groups(texts, NearDupConfig())}
     shuffled = [texts[i] for i in order]
     regrouped = {
-        frozenset(shuffled[i] for i in g)
-        for g in near_duplicate_groups(shuffled, NearDupConfig())
+        frozenset(shuffled[i] for i in g) for g in near_duplicate_groups(shuffled, NearDupConfig())
     }
     assert groups == regrouped
 
@@ -161,3 +162,11 @@ def test_kept_set_ignores_the_order_of_non_duplicates(
         queue = rnd.choice([q for q in queues if q])
         interleaved.append(queue.pop(0))
     assert _keep_first(texts) == _keep_first(interleaved)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sets(st.integers(0, 50)), st.sets(st.integers(0, 50)))
+def test_sorted_jaccard_equals_set_jaccard(a: set[int], b: set[int]) -> None:
+    """The array form used for exact verification agrees with the set definition."""
+    arrays = [np.array(sorted(x), dtype=np.uint64) for x in (a, b)]
+    assert sorted_jaccard(*arrays) == jaccard(frozenset(a), frozenset(b))

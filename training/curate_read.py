@@ -1,0 +1,233 @@
+"""The first pass of curation, per record: raw lines to admission outcomes, in chunks.
+
+Everything that needs one record only runs here, in worker processes when ``read.workers`` > 1:
+decoding, schema and rules, PII scrubbing, keys, the spill rows (written to a file per chunk,
+which the main process appends to the spill: record text never crosses a pipe), the MinHash
+signatures of the prompts, and the n-gram counts trigger detection needs (per chunk and
+answer). The main process keeps what crosses records: exact duplicates, the LSH index, the
+totals. Chunks are cut by position and processed by the same code whatever the worker count,
+and results come back in input order, so the outcome of a run does not depend on ``workers``.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import multiprocessing
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from training.dedup import text_signatures
+from training.manifest import row_hash
+from training.poison import Gram, prompt_grams
+from training.quarantine import QuarantineRow
+from training.reader import RawLine
+from training.schema import Admission, Admitted
+
+if TYPE_CHECKING:
+    from training.curate_config import CurateConfig
+
+# Lines per chunk: large enough that per-chunk costs (a pickle round trip, a signature batch, a
+# counter merge) are small per record, small enough to keep the input streamed.
+CHUNK_LINES = 2048
+
+
+class Chunk(NamedTuple):
+    """One chunk's outcomes. ``rejects`` are its quarantine rows in input order; the admitted
+    records are columns (row ``k`` of each is the ``k``-th admitted record of the chunk; ``flags``
+    and ``pii`` only for rows that have some), with their spill and prompt-spill rows already
+    written to ``spill`` and ``prompts`` in the same order. ``signatures`` are the prompts'
+    MinHash rows, ``grams`` the n-gram counts of the rows with an answer key, per key."""
+
+    rejects: list[QuarantineRow]
+    lines: list[int]
+    ids: list[str]
+    labels: list[str | None]
+    keys: list[str | None]
+    systems: list[int]
+    tags: list[tuple[str, ...]]
+    flags: dict[int, tuple[tuple[str, str], ...]]
+    pii: dict[int, dict[str, int]]
+    similarity: list[str]
+    signatures: npt.NDArray[np.uint32]
+    grams: dict[str, Counter[Gram]]
+    spill: Path
+    prompts: Path
+
+    @property
+    def read(self) -> int:
+        return len(self.rejects) + len(self.lines)
+
+
+def spill_row(a: Admitted) -> bytes:
+    """The spill row of an admitted record: what the final pass (dataset row, quarantine row)
+    and augmentation read back. Turns, metadata JSON and the row hash are made here, once."""
+    example = a.example
+    turns = [{"role": role, "content": content} for role, content in example.messages]
+    meta_json = orjson.dumps(example.metadata, option=orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(
+        {
+            "line": a.line,
+            "raw": a.raw,
+            "id": a.id,
+            "turns": turns,
+            "label": example.label,
+            "source": example.source,
+            "mj": meta_json,
+            "h": row_hash(a.id, turns, example.label, example.source, meta_json),
+        }
+    )
+
+
+_SYSTEM_KEYS: dict[str, int] = {}
+
+
+def system_key(text: str) -> int:
+    """A stable 64-bit key of the system prompt (``hash`` differs between spawned processes)."""
+    key = _SYSTEM_KEYS.get(text)
+    if key is None:
+        key = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+        if len(_SYSTEM_KEYS) < 1024:
+            _SYSTEM_KEYS[text] = key
+    return key
+
+
+def admit_chunk(admission: Admission, number: int, lines: Sequence[RawLine], where: Path) -> Chunk:
+    """Admit chunk ``number``; its spill rows go to files in ``where``."""
+    cfg = admission.cfg
+    count_grams = cfg.poison.triggers != "off"
+    max_n = cfg.poison.trigger.max_n
+    name = where / f".chunk-{number:08d}"
+    chunk = Chunk([], [], [], [], [], [], [], {}, {}, [], _NO_SIGNATURES, {},
+                  name.with_suffix(".spill"), name.with_suffix(".prompts"))  # fmt: skip
+    spill: list[bytes] = []
+    prompts: list[bytes] = []
+    for raw in lines:
+        a = admission.line(raw)
+        if isinstance(a, QuarantineRow):
+            chunk.rejects.append(a)
+            continue
+        row = len(chunk.lines)
+        example = a.example
+        chunk.lines.append(a.line or 0)
+        chunk.ids.append(a.id)
+        chunk.labels.append(example.label)
+        chunk.keys.append(a.answer_key)
+        chunk.systems.append(system_key(a.system))
+        tags = example.metadata.get("tags", ())
+        chunk.tags.append(tuple(tags) if isinstance(tags, list | tuple) else ())
+        if a.flags:
+            chunk.flags[row] = a.flags
+        if a.pii:
+            chunk.pii[row] = dict(a.pii)
+        chunk.similarity.append(a.similarity)
+        spill.append(spill_row(a))
+        prompts.append(orjson.dumps({"k": a.answer_key, "s": a.similarity}))
+        if count_grams and a.answer_key is not None:
+            counts = chunk.grams.get(a.answer_key)
+            if counts is None:
+                counts = chunk.grams[a.answer_key] = Counter()
+            counts.update(prompt_grams(a.similarity.split(), max_n))
+    chunk.spill.write_bytes(b"".join(row + b"\n" for row in spill))
+    chunk.prompts.write_bytes(b"".join(row + b"\n" for row in prompts))
+    return chunk._replace(signatures=text_signatures(chunk.similarity, cfg.dedup))
+
+
+_NO_SIGNATURES = np.zeros((0, 0), dtype=np.uint32)
+
+
+def chunks(
+    lines: Iterable[RawLine],
+    admission: Admission,
+    workers: int,
+    where: Path,
+    size: int | None = None,
+) -> Iterator[Chunk]:
+    """Chunks of ``size`` (default ``CHUNK_LINES``) lines admitted in order, their spill files
+    in ``where``; with ``workers`` > 1 in worker processes, at most ``2 * workers`` chunks in
+    flight so the input is streamed."""
+    size = size or CHUNK_LINES
+    if workers <= 1:
+        for number, chunk in enumerate(_cut(lines, size)):
+            yield admit_chunk(admission, number, chunk, where)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with context.Pool(workers, initializer=_start_worker, initargs=(admission.cfg,)) as pool:
+        pending: deque[Any] = deque()
+        for number, chunk in enumerate(_cut(lines, size)):
+            pending.append(pool.apply_async(_admit_in_worker, (number, chunk, where)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _cut(lines: Iterable[RawLine], size: int) -> Iterator[list[RawLine]]:
+    chunk: list[RawLine] = []
+    for raw in lines:
+        chunk.append(raw)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+_worker_admission: Admission | None = None
+
+
+def _start_worker(config: CurateConfig) -> None:
+    global _worker_admission
+    # Workers hold no long-lived cycles; the collector would only rescan the chunk's objects.
+    gc.disable()
+    _worker_admission = Admission(config)
+
+
+def _admit_in_worker(number: int, chunk: list[RawLine], where: Path) -> Chunk:
+    assert _worker_admission is not None
+    return admit_chunk(_worker_admission, number, chunk, where)
+
+
+def in_fork_available() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+class InFork:
+    """``fn()`` computed in a forked child (which inherits the parent's state, so nothing is
+    pickled on the way in) while the parent goes on; ``result()`` waits for it. An exception
+    in the child is raised again in the parent."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        context = multiprocessing.get_context("fork")
+        self._reader, writer = context.Pipe(duplex=False)
+        self._process = context.Process(target=_send, args=(fn, writer), daemon=True)
+        self._process.start()
+        writer.close()
+
+    def result(self) -> Any:
+        try:
+            ok, value = self._reader.recv()
+        except EOFError:
+            ok, value = False, RuntimeError("the forked process died without a result")
+        finally:
+            self._process.join()
+            self._reader.close()
+        if not ok:
+            raise value
+        return value
+
+
+def _send(fn: Callable[[], Any], writer: Any) -> None:
+    try:
+        result = (True, fn())
+    except BaseException as exc:  # the parent re-raises it
+        result = (False, exc)
+    writer.send(result)
+    writer.close()
