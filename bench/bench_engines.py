@@ -14,9 +14,11 @@ an earlier answer), ranked over the four labels, for the base model and for the 
   cache, roles in one call where the start-up probe shows that is clean);
 - ``hf``: :class:`qlgate_pytest.engines.hf.HFEngine` (its defaults: float32 on CPU, batch 8; one
   prompt pass with the KV cache shared by the label continuations);
+- ``vllm-stock``: the same engine without qlgate's CPU LoRA fix (``vllm_patch=False``): vLLM's own
+  CPU LoRA path, where ranking falls back to a greedy answer of 8 tokens parsed to a label;
 - ``naive``: what a plain pytest harness does: per case, ``model.generate`` (greedy, 8 new tokens,
-  batch 1) on a peft model, then a label parsed from the text. It is timed on the first
-  ``--naive`` cases and extrapolated per case to ``--cases`` (printed as such).
+  batch 1) on a peft model, then a label parsed from the text. It is timed on ``--naive`` cases
+  spread evenly over the workload and extrapolated per case to ``--cases`` (printed as such).
 
 Throughput is cases/s over the timed calls (engine start and warm-up excluded, printed apart).
 Labels picked are scored against the cases' expected labels as a sanity check (accuracy).
@@ -25,6 +27,7 @@ Labels picked are scored against the cases' expected labels as a sanity check (a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -130,11 +133,14 @@ def run_naive(
     assert adapter is not None
     model: Any = PeftModel.from_pretrained(base, str(adapter)).eval()
     start_s = time.perf_counter() - start
+    # Evenly spaced over the workload, so the subset has the workload's mix of slices and labels.
+    step = max(1, len(requests) // subset)
+    chosen = list(range(0, len(requests), step))[:subset]
     rows = []
     for role in ("baseline", "candidate"):
         picked = []
         began = time.perf_counter()
-        for request in requests[:subset]:
+        for request in (requests[i] for i in chosen):
             ids: Any = tokenizer.apply_chat_template(
                 [m.as_dict() for m in request.messages], add_generation_prompt=True,
                 return_tensors="pt", return_dict=True,
@@ -149,8 +155,9 @@ def run_naive(
             text = str(tokenizer.decode(new, skip_special_tokens=True))
             picked.append(normalize_label(text, request.labels) or "")
         per_case = (time.perf_counter() - began) / subset
-        rows.append(Row("naive", role, len(requests), per_case * len(requests),
-                        _accuracy(picked, expected[:subset]), start_s, subset))  # fmt: skip
+        accuracy = _accuracy(picked, [expected[i] for i in chosen])
+        rows.append(Row("naive", role, len(requests), per_case * len(requests), accuracy,
+                        start_s, subset))  # fmt: skip
         print(f"  naive  {role:9s} {rows[-1].per_s:7.2f} cases/s (on {subset})", flush=True)
     return rows
 
@@ -180,7 +187,9 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=1000)
     parser.add_argument("--naive", type=int, default=40, help="cases timed for the naive loop")
     parser.add_argument("--adapter", type=Path, help="candidate LoRA (default: seeded random r=8)")
-    parser.add_argument("--engines", default="vllm,hf,naive")
+    parser.add_argument(
+        "--engines", default="vllm,hf,naive", help="comma-separated: vllm, vllm-stock, hf, naive"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
@@ -190,7 +199,7 @@ def main() -> None:
 
     adapter = args.adapter
     if adapter is None:
-        from test_vllm_engine import make_random_adapter
+        from vllm_helpers import make_random_adapter
 
         adapter = make_random_adapter(Path(tempfile.mkdtemp()) / "random-r8")
     # Roles in separate vLLM calls, so each role's time is its own (a mixed call would serve
@@ -200,12 +209,19 @@ def main() -> None:
         adapters={"candidate": adapter, "baseline": None},
         extra={"vllm_role_batching": "separate"},
     )
+    names = args.engines.split(",")
+    unknown = sorted(set(names) - {"vllm", "vllm-stock", "hf", "naive"})
+    if unknown:
+        parser.error(f"--engines: unknown {unknown}; choose from vllm, vllm-stock, hf, naive")
     requests, expected = build_cases(args.cases)
     print(f"{len(requests)} cases x 4 labels, adapter {adapter}", flush=True)
     rows: list[Row] = []
-    for name in args.engines.split(","):
+    for name in names:
         if name == "vllm":
             rows += run_engine("vllm", vllm_create, config, requests, expected)
+        elif name == "vllm-stock":  # vLLM's own CPU LoRA path: no fix, so rank by generation
+            stock = dataclasses.replace(config, extra={**config.extra, "vllm_patch": False})
+            rows += run_engine("vllm-stock", vllm_create, stock, requests, expected)
         elif name == "hf":
             rows += run_engine("hf", hf_create, config, requests, expected)
         elif name == "naive":

