@@ -52,6 +52,7 @@ class GoldenItem(pytest.Item):
         gate = self.config.stash[GATE_KEY]
         result = gate.outcome(self.case, self.session.items)
         self.user_properties.append((CASE_PROPERTY, case_result_to_json(result)))
+        self._attach_extras(gate)
         self.add_report_section("call", "qlgate", describe_result(result))
         if result.error is not None:
             raise CaseFailure(f"case {self.case.id} errored: {result.error}")
@@ -61,6 +62,16 @@ class GoldenItem(pytest.Item):
         if self.case.must_pass:
             raise CaseFailure(f"must_pass case {self.case.id} missed: {summary}")
         pytest.xfail(f"miss (the gate judges the aggregate): {summary}")
+
+    def _attach_extras(self, gate: Any) -> None:
+        """Flip-rate rows and this process's counters travel to the controller (xdist)."""
+        from qlgate_pytest.perturb import robustness_case_to_json
+        from qlgate_pytest.run_extras import ROBUSTNESS_PROPERTY, RUN_PROPERTY
+
+        row = gate.robustness.get(self.case.id)
+        if row is not None:
+            self.user_properties.append((ROBUSTNESS_PROPERTY, robustness_case_to_json(row)))
+        self.user_properties.append((RUN_PROPERTY, gate.run_stats()))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CaseFailure):

@@ -35,9 +35,10 @@ def qlgate_session(request: pytest.FixtureRequest) -> GateSession:
 
 @pytest.fixture(scope="session")
 def qlgate_engine(qlgate_session: GateSession) -> Any:
-    """The session's engine; a load failure fails the test with the engine's message."""
+    """The session's engine, loaded on first use of this fixture (a fully cached gate run loads
+    no model unless a test asks for it); a load failure fails the test with the message."""
     try:
-        return qlgate_session.engine()
+        return qlgate_session.loaded_engine()
     except QlgateError as exc:
         pytest.fail(f"qlgate engine unavailable: {exc}", pytrace=False)
 

@@ -84,16 +84,33 @@ TRAIN_CONFIG = OptionSpec("train_config", "--train-config",
                           "training config file for --train-data", "FILE")
 BATCH_SIZE = OptionSpec("batch_size", "--gate-batch-size", "requests per engine batch (default 8)",
                         "N")
-DEVICE = OptionSpec("device", "--gate-device", "auto (default), cpu, cuda or cuda:N", "DEVICE")
+DEVICE = OptionSpec("device", "--gate-device", "auto (default; under pytest-xdist with several "
+                    "GPUs, worker i uses GPU i mod n), cpu, cuda or cuda:N", "DEVICE")
 DTYPE = OptionSpec("dtype", "--gate-dtype", "auto (default: float32 on CPU, bfloat16 on CUDA), "
                    "float32, bfloat16, float16", "DTYPE")
 SEED = OptionSpec("seed", "--gate-seed", "seed for decoding and the bootstrap (default 0)", "N")
+LEAKAGE_THRESHOLD = OptionSpec("leakage_threshold", "--leakage-threshold", "preflight: a golden "
+                               "prompt this similar (Jaccard, 0..1) to a training row is a leak "
+                               "(default 0.85)", "X")
+NO_GEN_CACHE = OptionSpec("no_gen_cache", "--no-gen-cache", "do not read or write the generation "
+                          "cache", flag_only=True)
+CLEAR_GEN_CACHE = OptionSpec("clear_gen_cache", "--clear-gen-cache", "empty the generation cache "
+                             "before the run", flag_only=True)
+GEN_CACHE_DIR = OptionSpec("gen_cache_dir", "--gen-cache-dir", "where the generation cache lives "
+                           "(default: .qlgate_cache under the rootdir)", "DIR")
+PERTURB = OptionSpec("perturb", "--perturb", "also run N seeded label-preserving perturbations of "
+                     "each label case and report flip rates (default 0: off)", "N")
+MAX_FLIP_RATE = OptionSpec("max_flip_rate", "--max-flip-rate", "with --perturb: red when the "
+                           "candidate's flip rate (overall or in any slice) exceeds this (0..1)",
+                           "X")
+REQUEST_TIMEOUT = OptionSpec("request_timeout", "--request-timeout", "per-request deadline in "
+                             "seconds; a request over it is an error (default: none)", "S")
 
 OPTIONS: tuple[OptionSpec, ...] = (
     CANDIDATE, BASELINE, BASE_MODEL, ENGINE, GOLDEN, MIN_F1_GAIN, CONFIDENCE, MAX_P99_MS,
     MAX_SLICE_DROP, GATE_REPORT, GATE_HTML, GATE_PROM, GATE_CASES, ALLOW_PARTIAL, TRAIN_DATA,
-    TRAIN_CONFIG, BATCH_SIZE, DEVICE,
-    DTYPE, SEED,
+    TRAIN_CONFIG, BATCH_SIZE, DEVICE, DTYPE, SEED, LEAKAGE_THRESHOLD, NO_GEN_CACHE,
+    CLEAR_GEN_CACHE, GEN_CACHE_DIR, PERTURB, MAX_FLIP_RATE, REQUEST_TIMEOUT,
 )
 # fmt: on
 BY_KEY: Mapping[str, OptionSpec] = {o.key: o for o in OPTIONS}
@@ -275,6 +292,13 @@ class GateOptions:
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
+    leakage_threshold: float = 0.85  # qlgate_pytest.leakage.DEFAULT_THRESHOLD
+    no_gen_cache: bool = False
+    clear_gen_cache: bool = False
+    gen_cache_dir: Path | None = None  # None: <rootdir>/.qlgate_cache
+    perturb: int = 0
+    max_flip_rate: float | None = None
+    request_timeout: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -363,6 +387,11 @@ def resolve_options(
         raise OptionError(
             f"{TRAIN_CONFIG.flag} (from {sources['train_config']}) needs {TRAIN_DATA.flag}"
         )
+    if values.get("max_flip_rate") is not None and not values.get("perturb"):
+        raise OptionError(
+            f"{MAX_FLIP_RATE.flag} (from {sources['max_flip_rate']}) needs {PERTURB.flag} N "
+            "with N >= 1: without perturbations there is no flip rate to gate on"
+        )
     return GateOptions(**values, sources=sources)
 
 
@@ -374,7 +403,9 @@ def _path(raw: _Raw) -> Path:
 def _convert(spec: OptionSpec, raw: _Raw) -> object:
     text = raw.text
     converters: dict[str, Callable[[], object]] = {
-        "candidate": lambda: parse_adapter_dir(_path(raw)),
+        # Not checked here: a missing or broken adapter is preflight's finding, recorded as a
+        # red verdict in the report rather than a usage error without one.
+        "candidate": lambda: _path(raw),
         "baseline": lambda: parse_baseline(text, lambda v: _path(_Raw(v, raw.source, raw.base))),
         "base_model": lambda: parse_base_model(str(_path(raw)) if _path(raw).exists() else text),
         "engine": lambda: parse_engine(text),
@@ -394,5 +425,12 @@ def _convert(spec: OptionSpec, raw: _Raw) -> object:
         "device": lambda: parse_device(text),
         "dtype": lambda: parse_dtype(text),
         "seed": lambda: parse_seed(text),
+        "leakage_threshold": lambda: parse_float(text, low=0.0, high=1.0, low_open=True),
+        "no_gen_cache": lambda: parse_bool(text),
+        "clear_gen_cache": lambda: parse_bool(text),
+        "gen_cache_dir": lambda: _path(raw),
+        "perturb": lambda: parse_int(text, low=0),
+        "max_flip_rate": lambda: parse_float(text, low=0.0, high=1.0),
+        "request_timeout": lambda: parse_float(text, low=0.0, low_open=True),
     }
     return converters[spec.key]()

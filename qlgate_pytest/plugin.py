@@ -14,6 +14,19 @@ What a gate run looks like to pytest:
   emitted as one more test, ``qlgate::gate``: passed when green, failed with every reason when
   red. pytest counts that failure like any other, so a red gate exits 1 and JUnit carries the
   verdict as a testcase with properties (suite-level properties do not survive xdist).
+
+Before any model is loaded, qlgate's own ``pytest_qlgate_preflight`` (``preflight_hook.py``)
+checks the adapter from its files; each problem is a reason of a red verdict and nothing is
+generated. Generations go through the content-addressed cache in ``.qlgate_cache/gen/``
+(``gate_cache.py``; ``--no-gen-cache``, ``--clear-gen-cache``, ``--gen-cache-dir``), and the
+engine is loaded only when a request misses it (``lazy_engine.py``).
+
+pytest-xdist: each worker loads its own engine (one model copy per worker: ``-n K`` needs K
+times the engine's memory) and computes the cases its items need; results and counters travel
+on report properties and only the controller aggregates and decides, so ``-n 2`` gives the same
+verdict and report as a serial run. Workers share the generation cache (entries are written
+atomically). With several GPUs, ``--gate-device auto`` gives worker ``gwI`` the GPU ``I % N``
+(``xdist_gpu.py``): run ``-n N`` for one worker per GPU.
 """
 
 from __future__ import annotations
@@ -63,7 +76,9 @@ class GateHookSpecs:
         engine_info: Mapping[str, Any],
     ) -> GenerationCache | None:
         """A cache between the driver and the engine (``driver.GenerationCache``); the first
-        non-None answer is used. ``engine_info`` is the loaded engine's ``describe()``."""
+        non-None answer is used (qlgate's own answers last). ``engine_info`` identifies the
+        engine *before* it is loaded (``gate_cache.engine_identity``: name, factory, library
+        versions), so that a fully cached run never loads the model."""
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -120,6 +135,10 @@ def pytest_configure(config: pytest.Config) -> None:
     options = _resolve(config)
     if not options.active:
         return
+    from qlgate_pytest import gate_cache, preflight_hook
+
+    config.pluginmanager.register(preflight_hook, "qlgate-preflight")
+    config.pluginmanager.register(gate_cache, "qlgate-gen-cache")
     from qlgate_pytest.session import GATE_KEY, GateSession
 
     gate = GateSession(config, options)
@@ -130,6 +149,19 @@ def pytest_configure(config: pytest.Config) -> None:
         # A gate run collects the golden set, not the project's testpaths.
         config.args = [str(options.golden)]
         config.args_source = pytest.Config.ArgsSource.ARGS
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``--clear-gen-cache``: once, before any worker starts (on the controller under xdist)."""
+    gate = _gate(session.config)
+    if gate is None or gate.is_worker or not gate.options.clear_gen_cache:
+        return
+    from qlgate_pytest.gate_cache import cache_root
+    from qlgate_pytest.gen_cache import GenCache
+
+    removed = GenCache(cache_root(gate.options, session.config.rootpath)).clear()
+    gate.cache_cleared = removed
 
 
 def _gate(config: pytest.Config) -> GateSession | None:

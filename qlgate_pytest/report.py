@@ -67,11 +67,15 @@ def _case_row(c: CaseResult) -> dict[str, Any]:
 
 
 def build_report(
-    verdict: Verdict, results: Sequence[CaseResult], meta: Mapping[str, Any]
+    verdict: Verdict,
+    results: Sequence[CaseResult],
+    meta: Mapping[str, Any],
+    extras: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict. ``meta`` carries ``golden_sha256`` and whatever
     describes the run (candidate, baseline, engine, base model, versions); it lands under
-    ``run`` apart from the golden hash, which is a top-level key."""
+    ``run`` apart from the golden hash, which is a top-level key. ``extras`` are further
+    top-level sections (``preflight``, ``cache``, ``engine_load``, ``robustness``)."""
     run = {k: v for k, v in meta.items() if k != "golden_sha256"}
     run.setdefault("created_at", datetime.now(UTC).isoformat(timespec="seconds"))
     return {
@@ -87,6 +91,7 @@ def build_report(
         "metrics": dict(verdict.metrics),
         "delta": dict(verdict.delta),
         "cases": [_case_row(c) for c in results],
+        **dict(extras or {}),
     }
 
 

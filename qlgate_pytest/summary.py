@@ -195,6 +195,50 @@ def worst_cases(report: Mapping[str, Any], limit: int = _WORST) -> list[dict[str
     return sorted(bad, key=rank)[:limit]
 
 
+def _rate(rates: Any, role: str) -> str:
+    r = _get(rates, role)
+    if not isinstance(r, dict):
+        return "-"
+    return f"{_num(r.get('rate'))} ({r.get('flips')}/{r.get('total')})"
+
+
+def _extras(report: Mapping[str, Any]) -> list[str]:
+    """Cache and engine counters, robustness flip rates and preflight warnings."""
+    lines: list[str] = []
+    cache, load = report.get("cache"), report.get("engine_load")
+    if isinstance(cache, dict) and isinstance(load, dict):
+        if cache.get("enabled") is False:
+            state = "off" + (f" ({cache['note']})" if cache.get("note") else "")
+        else:
+            state = f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses"
+            if cache.get("corrupt"):
+                state += f", {cache['corrupt']} corrupt entries rewritten"
+        requests = load.get("engine_requests") or {}
+        n = sum(int(v or 0) for v in requests.values())
+        engine = (
+            f"engine loaded in {_num(load.get('load_s'), 1)} s, {n} requests"
+            if load.get("loaded")
+            else f"engine not loaded, {n} requests"
+        )
+        lines.append(f"generation cache: {state}; {engine}")
+    robust = report.get("robustness")
+    if isinstance(robust, dict):
+        lines.append(
+            f"robustness ({robust.get('perturbations_per_case')} perturbations x "
+            f"{robust.get('cases')} label cases), flip rate baseline -> candidate:"
+        )
+        scopes = [("overall", robust.get("overall"))]
+        scopes += [(f"slice {k}", v) for k, v in (robust.get("by_slice") or {}).items()]
+        for scope, rates in scopes:
+            lines.append(f"  {scope}: {_rate(rates, 'baseline')} -> {_rate(rates, 'candidate')}")
+    preflight = report.get("preflight")
+    if isinstance(preflight, dict):
+        for f in preflight.get("findings") or []:
+            if f.get("severity") == "warning":
+                lines.append(f"preflight warning [{f.get('reason')}]: {f.get('message')}")
+    return lines
+
+
 def render_summary(report: Mapping[str, Any]) -> list[str]:
     """The terminal summary lines for one gate report."""
     metrics = report.get("metrics") or {}
@@ -211,6 +255,7 @@ def render_summary(report: Mapping[str, Any]) -> list[str]:
             f"McNemar exact p = {delta['mcnemar_p']:.4g} (candidate-only right b = {delta['b']}, "
             f"baseline-only right c = {delta['c']})"
         )
+    lines += _extras(report)
     reasons = report.get("reasons") or []
     if reasons:
         lines.append("reasons:")

@@ -36,6 +36,14 @@ _INNER_RUN_IMPORTS = (
     "qlgate_pytest.gate", "qlgate_pytest.report", "qlgate_pytest.scoring", "qlgate_pytest.stats",
     "qlgate_pytest.cases", "qlgate_pytest.session", "qlgate_pytest.collect",
     "qlgate_pytest.driver", "qlgate_pytest.fixtures", "qlgate_pytest.harness_train",
+    "safetensors", "safetensors.numpy", "qlgate_pytest.preflight", "qlgate_pytest.leakage",
+    "qlgate_pytest.perturb", "qlgate_pytest.gen_cache", "qlgate_pytest.gate_cache",
+    "qlgate_pytest.preflight_hook", "qlgate_pytest.lazy_engine", "qlgate_pytest.run_extras",
+    "qlgate_pytest.report_writers", "qlgate_pytest.xdist_gpu", "qlgate_pytest.base_model",
+    "training.fingerprint", "training.models",
+    # pyarrow refuses to register datasets' extension types twice: a test body that imports
+    # datasets after pytester's snapshot (test_train_data_...) must not be its first import.
+    "datasets",
 )  # fmt: skip
 
 

@@ -132,12 +132,37 @@ def test_baseline_kinds(project: Path) -> None:
         resolve(project, cli={"baseline": "golden"})
 
 
-def test_candidate_must_be_an_adapter_directory(project: Path) -> None:
-    """--candidate pointing at a missing or non-adapter directory is refused up front."""
-    with pytest.raises(OptionError, match="no such directory"):
-        resolve(project, cli={"candidate": "nope"})
-    with pytest.raises(OptionError, match=r"adapter_config\.json"):
-        resolve(project, cli={"candidate": "golden"})
+def test_candidate_is_resolved_but_left_to_preflight(project: Path) -> None:
+    """--candidate is only resolved here: a missing or broken adapter is preflight's finding,
+    a red verdict with its reason in the report (tests/gate/test_faults.py), not a usage error."""
+    assert resolve(project, cli={"candidate": "nope"}).candidate == project / "nope"
+    assert resolve(project, cli={"candidate": "golden"}).active
+
+
+def test_issue6_options_parse_and_validate(project: Path) -> None:
+    """Cache, perturbation, timeout and leakage options: defaults, values, and refusals."""
+    opts = resolve(project, cli={"candidate": "adapter"})
+    assert (opts.no_gen_cache, opts.clear_gen_cache, opts.perturb) == (False, False, 0)
+    assert opts.gen_cache_dir is None and opts.request_timeout is None
+    opts = resolve(
+        project,
+        cli={"candidate": "adapter", "perturb": "3", "max_flip_rate": "0.2"},
+        env={"QLGATE_NO_GEN_CACHE": "yes", "QLGATE_GEN_CACHE_DIR": "c"},
+        ini={"qlgate_request_timeout": "1.5", "qlgate_leakage_threshold": "0.7"},
+    )
+    assert (opts.perturb, opts.max_flip_rate, opts.no_gen_cache) == (3, 0.2, True)
+    assert opts.request_timeout == 1.5 and opts.leakage_threshold == 0.7
+    assert opts.gen_cache_dir is not None and opts.gen_cache_dir.name == "c"
+    bad = [
+        ({"perturb": "-1"}, "--perturb"),
+        ({"max_flip_rate": "0.1"}, "needs --perturb"),
+        ({"perturb": "2", "max_flip_rate": "1.5"}, "--max-flip-rate"),
+        ({"request_timeout": "0"}, "--request-timeout"),
+        ({"leakage_threshold": "0"}, "--leakage-threshold"),
+    ]
+    for cli, named in bad:
+        with pytest.raises(OptionError, match=named):
+            resolve(project, cli={"candidate": "adapter", **cli})
 
 
 def test_candidate_and_train_data_exclude_each_other(project: Path) -> None:
@@ -208,7 +233,7 @@ def test_every_option_has_flag_env_and_ini() -> None:
         (["--candidate=adapter", "--min-f1-gain=abc"], {}, "", "--min-f1-gain"),
         (["--candidate=adapter"], {"QLGATE_CONFIDENCE": "2"}, "", "QLGATE_CONFIDENCE"),
         (["--candidate=adapter"], {}, "qlgate_batch_size = 0", "qlgate_batch_size"),
-        (["--candidate=missing"], {}, "", "--candidate"),
+        (["--candidate=adapter", "--perturb=x"], {}, "", "--perturb"),
         (["--candidate=adapter", "--baseline=old.json"], {}, "", "--baseline (from *version 99"),
     ],
 )

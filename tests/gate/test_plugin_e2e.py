@@ -101,7 +101,8 @@ def test_html_prometheus_and_case_table_follow_the_json_report(
 
     result = run(
         gate_project,
-        tiny_adapters.zero,
+        tiny_adapters.perturbed,
+        f"--baseline={tiny_adapters.perturbed}",  # the same adapter: the canary goes off
         "--gate-html=out/report.html",
         "--gate-prom=out/gate.prom",
         "--gate-cases=out/cases.csv",
@@ -119,16 +120,35 @@ def test_html_prometheus_and_case_table_follow_the_json_report(
 
 
 def test_zero_effect_adapter_is_red(gate_project: pytest.Pytester, tiny_adapters: Adapters) -> None:
-    """LoRA B = 0 changes nothing, so the default gate (gain > 0) is red, exit 1, everywhere."""
+    """LoRA B = 0 changes nothing: preflight finds it from the weights alone, so the gate is red
+    (exit 1, everywhere) before any model is loaded."""
     result = run(gate_project, tiny_adapters.zero)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     report = read_json(gate_project.path / "out" / "report.json")
     assert report["passed"] is False
-    assert any("does not exceed the required 0.000" in r for r in report["reasons"])
-    assert any("adapter was not applied" in r for r in report["reasons"])
+    assert any(
+        r.startswith("preflight [noop_adapter]") and "every lora_B tensor" in r
+        for r in report["reasons"]
+    )
+    assert report["engine_load"]["loaded"] is False
+    assert report["engine_load"]["engine_requests"] == {"generate": 0, "rank": 0}
     gate = junit(gate_project)["gate"]
     assert gate["outcome"] == "failure" and gate["props"]["qlgate_verdict"] == "FAIL"
     result.stdout.fnmatch_lines(["FAILED qlgate::gate*"])
+
+
+def test_adapter_not_applied_canary_is_red(
+    gate_project: pytest.Pytester, tiny_adapters: Adapters
+) -> None:
+    """A non-zero adapter whose outputs equal the baseline's on every case (here: gated against
+    itself) is red with the canary's reason, even under a non-inferiority threshold."""
+    result = run(
+        gate_project, tiny_adapters.perturbed, NON_INFERIOR, f"--baseline={tiny_adapters.perturbed}"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    report = read_json(gate_project.path / "out" / "report.json")
+    assert report["passed"] is False
+    assert any("the adapter was not applied" in r for r in report["reasons"])
 
 
 def test_must_pass_miss_is_red(
@@ -222,7 +242,7 @@ def test_engine_failure_errors_every_case_without_traceback(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(failed=6)  # five cases and the gate
     result.stdout.fnmatch_lines(
-        ["*errored: engine 'hf' unavailable:*does not load onto base model*"]
+        ["*errored:*engine 'hf' unavailable:*does not load onto base model*"]
     )
     assert "Traceback" not in result.stdout.str()
     report = read_json(gate_project.path / "out" / "report.json")
@@ -314,7 +334,7 @@ def test_zero_effect_adapter_is_red_on_the_real_model(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     report = read_json(held_out_project.path / "out" / "report.json")
     assert report["passed"] is False
-    assert report["delta"]["macro_f1"] == 0.0
+    assert any(r.startswith("preflight [noop_adapter]") for r in report["reasons"])
 
 
 # -- training from the harness (--train-data) -------------------------------------------------
@@ -407,10 +427,12 @@ def test_train_data_trains_through_the_training_package_then_gates(
     import training.train
     import training.trainer_setup  # noqa: F401
 
+    # Not the golden prompts: preflight's leakage check would (rightly) refuse the adapter.
     tickets = [
-        (c["prompt"], c["expected"])
-        for c in plumbing_cases
-        if c.get("labels") is None and c.get("scorer") is None
+        ("My card was billed two times for a single purchase.", "billing"),
+        ("The courier still has not delivered my box.", "shipping"),
+        ("The password reset link never arrives in my inbox.", "account"),
+        ("Can I return a jacket that does not fit?", "returns"),
     ]
     data = _curated_dataset(gate_project.path / "curated", tickets * 2)
     config = gate_project.path / "tiny.toml"
@@ -546,8 +568,8 @@ def test_preflight_problems_stop_the_engine_and_turn_the_gate_red(
     result = run(oracle_project, tiny_adapters.perturbed, "--engine=oracle")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert not (oracle_project.path / "engine-built").exists()
-    result.stdout.fnmatch_lines(["*preflight failed: rank too large in perturbed (8 cases)*"])
     report = read_json(oracle_project.path / "out" / "report.json")
+    assert "rank too large in perturbed (8 cases)" in report["reasons"]
     assert any("8 case(s) errored" in r for r in report["reasons"])
 
 
@@ -573,7 +595,7 @@ class LastLabelForBaseline:
 
 
 def pytest_qlgate_generation_cache(config, engine_config, engine_info):
-    assert engine_info == {"engine": "oracle"} and "candidate" in engine_config.adapters
+    assert engine_info["engine"] == "oracle" and "candidate" in engine_config.adapters
     return LastLabelForBaseline()
 """,
         encoding="utf-8",
