@@ -11,13 +11,35 @@ or the environment, and against the rootdir (where the ini file lives) otherwise
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from qlgate_pytest.errors import OptionError
+from qlgate_pytest.option_parsers import (
+    parse_adapter_dir,
+    parse_base_model,
+    parse_bool,
+    parse_confidence,
+    parse_device,
+    parse_dtype,
+    parse_endpoint,
+    parse_existing,
+    parse_float,
+    parse_int,
+    parse_max_p99_ms,
+    parse_max_slice_drop,
+    parse_merge,
+    parse_min_f1_gain,
+    parse_name,
+    parse_positive_int,
+    parse_report_path,
+    parse_seed,
+)
+from qlgate_pytest.option_parsers import (
+    parse_engine as parse_engine,  # re-exported: qlgate_pytest.service validates with it
+)
 
 GROUP = "qlgate"
 ENV_PREFIX = "QLGATE_"
@@ -82,8 +104,26 @@ TRAIN_DATA = OptionSpec("train_data", "--train-data", "instead of --candidate: t
                         "hash), then gate it", "DIR")
 TRAIN_CONFIG = OptionSpec("train_config", "--train-config",
                           "training config file for --train-data", "FILE")
-BATCH_SIZE = OptionSpec("batch_size", "--gate-batch-size", "requests per engine batch (default 8)",
-                        "N")
+BATCH_SIZE = OptionSpec("batch_size", "--gate-batch-size", "minimum requests per engine batch "
+                        "(default 8); the hf engine grows batches of short prompts up to its "
+                        "token budget", "N")
+MAX_BATCH_TOKENS = OptionSpec("max_batch_tokens", "--gate-max-batch-tokens", "hf engine: token "
+                              "budget of one batch, padding included (default: 1024 on CPU, "
+                              "more on GPU)", "N")
+MERGE = OptionSpec("merge", "--gate-merge", "hf engine: auto (default: the engine's choice), on "
+                   "(merge each LoRA into its own copy of the weights where it can) or off "
+                   "(peft's unmerged LoRA)", "auto|on|off")
+ENDPOINT = OptionSpec("endpoint", "--endpoint", "gate a live OpenAI-compatible endpoint (e.g. "
+                      "vllm serve) instead of an adapter; implies --engine openai; activates "
+                      "the gate", "URL")
+SERVED_MODEL = OptionSpec("served_model", "--served-model", "with --endpoint: the model name to "
+                          "gate (e.g. the LoRA module name given to vllm serve)", "NAME")
+BASELINE_MODEL = OptionSpec("baseline_model", "--baseline-model", "with --endpoint: a served "
+                            "model name to compare against (default: none; gate on --min-f1)",
+                            "NAME")
+MIN_F1 = OptionSpec("min_f1", "--min-f1", "absolute floor: red when the candidate's macro-F1 "
+                    "(accuracy for non-label sets) is below it (0..1); with --endpoint and no "
+                    "baseline model this is the drift check", "X")
 DEVICE = OptionSpec("device", "--gate-device", "auto (default; under pytest-xdist with several "
                     "GPUs, worker i uses GPU i mod n), cpu, cuda or cuda:N", "DEVICE")
 DTYPE = OptionSpec("dtype", "--gate-dtype", "auto (default: float32 on CPU, bfloat16 on CUDA), "
@@ -110,136 +150,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
     CANDIDATE, BASELINE, BASE_MODEL, ENGINE, GOLDEN, MIN_F1_GAIN, CONFIDENCE, MAX_P99_MS,
     MAX_SLICE_DROP, GATE_REPORT, GATE_HTML, GATE_PROM, GATE_CASES, ALLOW_PARTIAL, TRAIN_DATA,
     TRAIN_CONFIG, BATCH_SIZE, DEVICE, DTYPE, SEED, LEAKAGE_THRESHOLD, NO_GEN_CACHE,
-    CLEAR_GEN_CACHE, GEN_CACHE_DIR, PERTURB, MAX_FLIP_RATE, REQUEST_TIMEOUT,
+    CLEAR_GEN_CACHE, GEN_CACHE_DIR, PERTURB, MAX_FLIP_RATE, REQUEST_TIMEOUT, MAX_BATCH_TOKENS,
+    MERGE, ENDPOINT, SERVED_MODEL, BASELINE_MODEL, MIN_F1,
 )
 # fmt: on
 BY_KEY: Mapping[str, OptionSpec] = {o.key: o for o in OPTIONS}
-
-
-# -- validators (pure: a string in, a value out, ValueError with the reason) ------------------
-
-
-def parse_float(
-    text: str,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """A finite float within the given bounds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("expected a number") from None
-    if not math.isfinite(value):
-        raise ValueError("expected a finite number")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"must be {'>' if low_open else '>='} {low:g}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"must be {'<' if high_open else '<='} {high:g}")
-    return value
-
-
-def parse_min_f1_gain(text: str) -> float:
-    return parse_float(text, low=-1.0, high=1.0, high_open=True)
-
-
-def parse_confidence(text: str) -> float:
-    return parse_float(text, low=0.5, high=1.0, high_open=True)
-
-
-def parse_max_p99_ms(text: str) -> float:
-    return parse_float(text, low=0.0, low_open=True)
-
-
-def parse_max_slice_drop(text: str) -> float:
-    return parse_float(text, low=0.0, high=1.0)
-
-
-def parse_int(text: str, *, low: int) -> int:
-    """A whole number >= ``low``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError("expected a whole number") from None
-    if value < low:
-        raise ValueError(f"must be >= {low}")
-    return value
-
-
-def parse_positive_int(text: str) -> int:
-    return parse_int(text, low=1)
-
-
-def parse_seed(text: str) -> int:
-    return parse_int(text, low=0)
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected true/false, yes/no, on/off or 1/0")
-
-
-def parse_choice(text: str, choices: tuple[str, ...]) -> str:
-    """One of ``choices`` (``cuda:N`` also passes when ``cuda`` is a choice)."""
-    value = text.strip()
-    if value in choices or (
-        "cuda" in choices and value.startswith("cuda:") and value[5:].isdigit()
-    ):
-        return value
-    raise ValueError(f"expected one of {', '.join(choices)}")
-
-
-def parse_device(text: str) -> str:
-    return parse_choice(text, ("auto", "cpu", "cuda", "mps"))
-
-
-def parse_dtype(text: str) -> str:
-    return parse_choice(text, ("auto", "float32", "bfloat16", "float16"))
-
-
-def parse_engine(text: str) -> str:
-    from qlgate_pytest.engines.registry import check_engine_name
-
-    try:
-        return check_engine_name(text.strip())
-    except OptionError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def parse_existing(path: Path, kind: Literal["dir", "file", "any"] = "any") -> Path:
-    """``path`` if it exists (as a directory or a file when ``kind`` says so)."""
-    ok = {"dir": path.is_dir, "file": path.is_file, "any": path.exists}[kind]()
-    if not ok:
-        raise ValueError(
-            {"dir": "no such directory", "file": "no such file"}.get(kind, "no such path")
-        )
-    return path
-
-
-def parse_adapter_dir(path: Path) -> Path:
-    parse_existing(path, "dir")
-    if not (path / "adapter_config.json").is_file():
-        raise ValueError("no adapter_config.json in it: not a peft adapter directory")
-    return path
-
-
-def parse_report_path(path: Path) -> Path:
-    if path.exists() and path.is_dir():
-        raise ValueError("is a directory; give a file path")
-    return path
-
-
-def parse_base_model(text: str) -> str:
-    spec = text.strip()
-    if not spec:
-        raise ValueError("empty")
-    return spec
 
 
 @dataclass(frozen=True)
@@ -299,12 +214,43 @@ class GateOptions:
     perturb: int = 0
     max_flip_rate: float | None = None
     request_timeout: float | None = None
+    max_batch_tokens: int | None = None  # None: the engine's default
+    merge: Literal["auto", "on", "off"] = "auto"
+    endpoint: str | None = None
+    served_model: str | None = None
+    baseline_model: str | None = None
+    min_f1: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
         """The gate runs only when told what to gate."""
-        return self.candidate is not None or self.train_data is not None
+        return (
+            self.candidate is not None or self.train_data is not None or self.endpoint is not None
+        )
+
+    def baseline_describe(self) -> str:
+        """What the candidate is compared with, in words (the report's ``run.baseline``)."""
+        if self.endpoint is None or self.baseline.kind == "report":
+            return self.baseline.describe()
+        if self.baseline_model is not None:
+            return f"served model {self.baseline_model}"
+        return "none (absolute floor --min-f1)"
+
+    def engine_extra(self) -> dict[str, Any]:
+        """:attr:`EngineConfig.extra` for this run: the endpoint's settings, or the hf knobs."""
+        if self.endpoint is not None:
+            return {
+                "openai_endpoint": self.endpoint,
+                "openai_served_model": self.served_model,
+                "openai_baseline_model": self.baseline_model,
+            }
+        extra: dict[str, Any] = {}
+        if self.max_batch_tokens is not None:
+            extra["max_batch_tokens"] = self.max_batch_tokens
+        if self.merge != "auto":
+            extra["merge"] = self.merge == "on"
+        return extra
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON-ready values, for the report."""
@@ -373,7 +319,8 @@ def resolve_options(
         sources[spec.key] = raw.source
     if "golden" not in values:
         values["golden"] = rootdir / "golden"
-        if (values.get("candidate") or values.get("train_data")) and not values["golden"].exists():
+        wants = values.get("candidate") or values.get("train_data") or values.get("endpoint")
+        if wants and not values["golden"].exists():
             raise OptionError(
                 f"no golden set at {values['golden']} (the default for {GOLDEN.flag}); "
                 f"create it or pass {GOLDEN.flag} PATH"
@@ -392,7 +339,59 @@ def resolve_options(
             f"{MAX_FLIP_RATE.flag} (from {sources['max_flip_rate']}) needs {PERTURB.flag} N "
             "with N >= 1: without perturbations there is no flip rate to gate on"
         )
+    _check_endpoint(values, sources)
     return GateOptions(**values, sources=sources)
+
+
+def _check_endpoint(values: dict[str, Any], sources: Mapping[str, str]) -> None:
+    """``--endpoint`` and the options that go with it (or must not); sets ``--engine openai``."""
+
+    def named(key: str) -> str:
+        return f"{BY_KEY[key].flag} (from {sources[key]})"
+
+    endpoint = values.get("endpoint")
+    if endpoint is None:
+        for key in ("served_model", "baseline_model"):
+            if values.get(key) is not None:
+                raise OptionError(f"{named(key)} needs {ENDPOINT.flag} URL")
+        if values.get("engine") == "openai":
+            raise OptionError(
+                f"{named('engine')} needs {ENDPOINT.flag} URL and {SERVED_MODEL.flag} NAME"
+            )
+        return
+    for key in ("candidate", "train_data"):
+        if values.get(key) is not None:
+            raise OptionError(
+                f"{named('endpoint')} and {named(key)} exclude each other: gate a live "
+                "endpoint, or an adapter"
+            )
+    engine = values.get("engine")
+    if engine is not None and engine != "openai":
+        raise OptionError(
+            f"{named('endpoint')} is served by the openai engine, not {named('engine')}; "
+            f"drop {ENGINE.flag} or pass {ENGINE.flag} openai"
+        )
+    values["engine"] = "openai"
+    if values.get("served_model") is None:
+        raise OptionError(f"{named('endpoint')} needs {SERVED_MODEL.flag} NAME")
+    # These act on a local model only. Asked for on this command line, ignoring them would hide
+    # a mistake; from ini or env they are the project's settings for its local runs.
+    for key in ("base_model", "max_batch_tokens", "merge", "device", "dtype"):
+        if sources.get(key, "").startswith("command line"):
+            raise OptionError(f"{named(key)} does not apply to {named('endpoint')}")
+    baseline = values.get("baseline")
+    if baseline is not None and baseline.kind != "report":
+        raise OptionError(
+            f"{named('baseline')}: with {ENDPOINT.flag} the baseline is "
+            f"{BASELINE_MODEL.flag} NAME (served by the endpoint) or a previous REPORT.json"
+        )
+    if baseline is not None and values.get("baseline_model") is not None:
+        raise OptionError(f"{named('baseline')} and {named('baseline_model')} exclude each other")
+    if baseline is None and values.get("baseline_model") is None and values.get("min_f1") is None:
+        raise OptionError(
+            f"{named('endpoint')} has nothing to gate on: pass {MIN_F1.flag} X (an absolute "
+            f"floor), {BASELINE_MODEL.flag} NAME or {BASELINE.flag} REPORT.json"
+        )
 
 
 def _path(raw: _Raw) -> Path:
@@ -432,5 +431,11 @@ def _convert(spec: OptionSpec, raw: _Raw) -> object:
         "perturb": lambda: parse_int(text, low=0),
         "max_flip_rate": lambda: parse_float(text, low=0.0, high=1.0),
         "request_timeout": lambda: parse_float(text, low=0.0, low_open=True),
+        "max_batch_tokens": lambda: parse_positive_int(text),
+        "merge": lambda: parse_merge(text),
+        "endpoint": lambda: parse_endpoint(text),
+        "served_model": lambda: parse_name(text),
+        "baseline_model": lambda: parse_name(text),
+        "min_f1": lambda: parse_float(text, low=0.0, high=1.0),
     }
     return converters[spec.key]()

@@ -1,5 +1,6 @@
 """pytest hooks of the qlgate gate. Nothing heavy is imported here; without ``--candidate`` (or
-``--train-data``) the plugin registers its options, fixtures and one marker and does nothing else.
+``--train-data`` or ``--endpoint``) the plugin registers its options, fixtures and one marker
+and does nothing else.
 
 What a gate run looks like to pytest:
 
@@ -175,8 +176,16 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if gate is None:
         return None
     o = gate.options
-    what = o.candidate if o.candidate is not None else f"(trained from {o.train_data})"
-    return f"qlgate: gating {what} against {o.baseline.describe()} on {o.golden} ({o.engine})"
+    if o.candidate is not None:
+        what = str(o.candidate)
+    elif o.endpoint is not None:
+        what = f"served model {o.served_model} at {o.endpoint}"
+    else:
+        what = f"(trained from {o.train_data})"
+    floor = "" if o.min_f1 is None else f", floor macro-F1 >= {o.min_f1:g}"
+    return (
+        f"qlgate: gating {what} against {o.baseline_describe()} on {o.golden} ({o.engine}{floor})"
+    )
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

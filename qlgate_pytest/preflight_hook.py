@@ -50,8 +50,8 @@ def pytest_qlgate_preflight(
     from qlgate_pytest.session import GATE_KEY
 
     gate = config.stash.get(GATE_KEY, None)
-    if gate is None:
-        return None
+    if gate is None or gate.options.endpoint is not None:
+        return None  # an endpoint run has no adapter files to check
     opts = gate.options
     findings = run_preflight(
         candidate,

@@ -136,6 +136,7 @@ class GateSession(ItemSide):
             confidence=opts.confidence,
             max_p99_ms=opts.max_p99_ms,
             max_slice_drop=opts.max_slice_drop,
+            min_f1=opts.min_f1,
             allow_partial=opts.allow_partial,
             seed=opts.seed,
         )
@@ -192,7 +193,7 @@ class GateSession(ItemSide):
             "golden_sha256": golden.sha256,
             "golden": {"path": str(golden.root), "files": [str(p) for p in golden.files]},
             "candidate": None if self._candidate is None else str(self._candidate),
-            "baseline": self.options.baseline.describe(),
+            "baseline": self.options.baseline_describe(),
             "base_model": None
             if base is None
             else {"spec": base.spec, "path": str(base.path), "reason": base.reason},

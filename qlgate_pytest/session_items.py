@@ -82,6 +82,10 @@ class ItemSide:
     def candidate_dir(self) -> Path:
         """The adapter to gate; with ``--train-data`` it is trained (or reused) first."""
         if self._candidate is None:
+            if self.options.endpoint is not None:
+                raise QlgateError(
+                    f"no adapter directory: this run gates the endpoint {self.options.endpoint}"
+                )
             if self.options.candidate is not None:
                 self._candidate = self.options.candidate
             else:
@@ -114,7 +118,14 @@ class ItemSide:
             reporter.write_line(f"qlgate: {message}")
 
     def engine_roles(self) -> tuple[Role, ...]:
-        return ("candidate",) if self.options.baseline.kind == "report" else ROLES_BOTH
+        """The roles the engine runs: a baseline from a report, or an endpoint without a
+        baseline model (drift mode: gated on ``--min-f1`` alone), leaves only the candidate."""
+        opts = self.options
+        if opts.baseline.kind == "report":
+            return ("candidate",)
+        if opts.endpoint is not None and opts.baseline_model is None:
+            return ("candidate",)
+        return ROLES_BOTH
 
     def engine(self) -> LazyEngine:
         """The session's engine: a :class:`LazyEngine` that loads (and warms up) the model on the
@@ -143,6 +154,15 @@ class ItemSide:
             raise QlgateError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
 
     def engine_config(self) -> EngineConfig:
+        if self._engine_config is None and self.options.endpoint is not None:
+            # A live endpoint: no local model, adapter or base; the engine reads extra only.
+            self._engine_config = EngineConfig(
+                base_model=Path(),
+                adapters={},
+                batch_size=self.options.batch_size,
+                seed=self.options.seed,
+                extra=self.options.engine_extra(),
+            )
         if self._engine_config is None:
             opts = self.options
             adapters: dict[Role, Path | None] = {"candidate": self.candidate_dir()}
@@ -157,6 +177,7 @@ class ItemSide:
                 dtype=opts.dtype,
                 batch_size=opts.batch_size,
                 seed=opts.seed,
+                extra=opts.engine_extra(),
             )
         return self._engine_config
 
@@ -169,21 +190,28 @@ class ItemSide:
 
         opts = self.options
         config = self.engine_config()
-        base = self.base_model()
+        static = engine_identity(opts.engine)
+        if opts.endpoint is not None:
+            models = {"candidate": opts.served_model}
+            if opts.baseline_model is not None:
+                models["baseline"] = opts.baseline_model
+            static.update(endpoint=opts.endpoint, models=models)
+            what = f"endpoint {opts.endpoint}, served model {opts.served_model}"
+        else:
+            base = self.base_model()
+            what = f"base {base.spec} ({base.reason}), candidate {config.adapters['candidate']}"
 
         def load() -> Engine:
             device = worker_device(config.device)
-            self._log(
-                f"loading engine {opts.engine!r}: base {base.spec} ({base.reason}), "
-                f"candidate {config.adapters['candidate']}, device {device}"
-            )
+            where = "" if opts.endpoint is not None else f", device {device}"
+            self._log(f"loading engine {opts.engine!r}: {what}{where}")
             try:
                 return get_engine_factory(opts.engine)(dataclasses.replace(config, device=device))
             except Exception as exc:
                 text = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 raise EngineError(f"engine {opts.engine!r} unavailable: {text}") from exc
 
-        return LazyEngine(opts.engine, engine_identity(opts.engine), load)
+        return LazyEngine(opts.engine, static, load)
 
     # -- preflight ---------------------------------------------------------------------------
 
@@ -200,6 +228,10 @@ class ItemSide:
             refused = self._baseline_refusal()
             if refused is not None:
                 problems.append(refused)
+        if self.options.endpoint is not None:
+            # No adapter files to check: the endpoint serves whatever it serves. Whether it
+            # answers at all is the engine's warm-up, an error of every case when it fails.
+            return problems
         try:
             candidate = self.candidate_dir()
             base = self.base_model()
@@ -247,6 +279,10 @@ class ItemSide:
             for case in cases:
                 self._outcomes[case.id] = case_result(case, None, None, [message])
             return
+        if not self._cache_asked and self.options.endpoint is not None:
+            # A live deployment must be asked every time: its answers are what drift is.
+            self._cache_asked = True
+            self.cache_note = "generation cache off: a live endpoint is asked every time"
         if not self._cache_asked:  # asked once: its counters span the run
             self._cache_asked = True
             self._driver_cache = self.config.hook.pytest_qlgate_generation_cache(

@@ -9,18 +9,18 @@ from typing import Any
 import pytest
 
 from qlgate_pytest.errors import OptionError
-from qlgate_pytest.options import (
-    OPTIONS,
-    BaselineSpec,
-    GateOptions,
+from qlgate_pytest.option_parsers import (
     parse_bool,
     parse_confidence,
     parse_device,
+    parse_endpoint,
     parse_max_slice_drop,
+    parse_merge,
     parse_min_f1_gain,
+    parse_name,
     parse_positive_int,
-    resolve_options,
 )
+from qlgate_pytest.options import OPTIONS, BaselineSpec, GateOptions, resolve_options
 
 Adapters = Any  # tests/gate/conftest.py's Adapters (conftest modules are not importable)
 
@@ -201,6 +201,13 @@ def test_unknown_engine_suggests_a_known_one(project: Path) -> None:
         (parse_positive_int, "2.5"),
         (parse_bool, "maybe"),
         (parse_device, "gpu"),
+        (parse_endpoint, "ftp://host/v1"),
+        (parse_endpoint, "localhost:8000/v1"),
+        (parse_endpoint, "http:///v1"),
+        (parse_endpoint, "http://host:port/v1"),
+        (parse_merge, "sometimes"),
+        (parse_name, "two words"),
+        (parse_name, " "),
     ],
 )
 def test_validators_reject_out_of_range_values(parse, bad: str) -> None:  # type: ignore[no-untyped-def]
@@ -235,6 +242,11 @@ def test_every_option_has_flag_env_and_ini() -> None:
         (["--candidate=adapter"], {}, "qlgate_batch_size = 0", "qlgate_batch_size"),
         (["--candidate=adapter", "--perturb=x"], {}, "", "--perturb"),
         (["--candidate=adapter", "--baseline=old.json"], {}, "", "--baseline (from *version 99"),
+        (["--candidate=adapter", "--min-f1=1.5"], {}, "", "--min-f1 (from command line*<= 1"),
+        (["--candidate=adapter"], {}, "qlgate_merge = maybe", "--gate-merge (from ini*auto, on"),
+        (["--served-model=m"], {"QLGATE_ENDPOINT": "ftp://x"}, "", "QLGATE_ENDPOINT*http"),
+        (["--endpoint=http://127.0.0.1:1/v1"], {}, "", "--endpoint (from *needs --served-model"),
+        (["--candidate=adapter", "--gate-max-batch-tokens=0"], {}, "", "--gate-max-batch-tok"),
     ],
 )
 def test_bad_option_exits_4_naming_it(
@@ -277,3 +289,151 @@ def test_options_from_ini_and_env_reach_the_gate(
         "environment variable QLGATE_CANDIDATE"
     )
     assert report["passed"] is True and result.ret == 0
+
+
+# -- the endpoint (drift) options and the hf engine knobs -------------------------------------
+
+URL = "http://127.0.0.1:8000/v1"
+
+
+def test_endpoint_options_from_cli_env_and_ini(project: Path) -> None:
+    """--endpoint activates the gate, implies --engine openai and reaches the engine's extra;
+    each of its options is settable from the command line, the environment and ini."""
+    opts = resolve(
+        project,
+        env={"QLGATE_ENDPOINT": URL, "QLGATE_MIN_F1": "0.85"},
+        ini={"qlgate_served_model": "cand", "qlgate_baseline_model": "base"},
+    )
+    assert opts.active and opts.engine == "openai" and opts.candidate is None
+    assert (opts.endpoint, opts.served_model, opts.baseline_model, opts.min_f1) == (
+        URL,
+        "cand",
+        "base",
+        0.85,
+    )
+    assert opts.sources["endpoint"] == "environment variable QLGATE_ENDPOINT"
+    assert opts.sources["served_model"] == "ini option qlgate_served_model in pyproject.toml"
+    assert opts.engine_extra() == {
+        "openai_endpoint": URL,
+        "openai_served_model": "cand",
+        "openai_baseline_model": "base",
+    }
+    assert opts.baseline_describe() == "served model base"
+    drift = resolve(
+        project, cli={"endpoint": "https://h.example", "served_model": "c", "min_f1": "0"}
+    )
+    assert drift.min_f1 == 0.0 and drift.baseline_model is None
+    assert drift.baseline_describe().startswith("none")
+    assert (
+        resolve(
+            project, cli={"endpoint": URL, "served_model": "c", "min_f1": "1", "engine": "openai"}
+        ).engine
+        == "openai"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cli", "named"),
+    [
+        ({"engine": "hf"}, r"--endpoint \(from command line --endpoint\).*--engine \(from"),
+        ({"candidate": "adapter"}, "--endpoint .* and --candidate .* exclude each other"),
+        ({"train_data": "golden"}, "--endpoint .* and --train-data .* exclude each other"),
+        ({"served_model": None}, "needs --served-model"),
+        ({"min_f1": None}, "nothing to gate on: pass --min-f1"),
+        ({"baseline": "adapter"}, "--baseline .*: with --endpoint the baseline is"),
+        ({"baseline": "base"}, "--baseline .*: with --endpoint the baseline is"),
+        ({"baseline": "old-report.json", "baseline_model": "b"}, "exclude each other"),
+        ({"merge": "off"}, "--gate-merge .* does not apply to --endpoint"),
+        ({"max_batch_tokens": "64"}, "--gate-max-batch-tokens .* does not apply"),
+        ({"base_model": "embedded"}, "--base-model .* does not apply"),
+    ],
+)
+def test_endpoint_exclusions(project: Path, cli: dict[str, object], named: str) -> None:
+    """What --endpoint needs and what it excludes, each a usage error naming the options."""
+    full = {"endpoint": URL, "served_model": "cand", "min_f1": "0.5", **cli}
+    with pytest.raises(OptionError, match=named):
+        resolve(project, cli={k: v for k, v in full.items() if v is not None})
+
+
+def test_endpoint_with_a_baseline_report_or_local_knobs_from_ini(project: Path) -> None:
+    """A previous report is a baseline an endpoint run can use; local-engine settings from ini
+    (the project's settings for local runs) do not block a drift run and do not reach it."""
+    opts = resolve(
+        project,
+        cli={"endpoint": URL, "served_model": "cand", "baseline": "old-report.json"},
+        ini={"qlgate_merge": "off", "qlgate_max_batch_tokens": "64", "qlgate_device": "cpu"},
+    )
+    assert opts.baseline.kind == "report" and opts.min_f1 is None
+    assert "merge" not in opts.engine_extra() and "max_batch_tokens" not in opts.engine_extra()
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "named"),
+    [
+        ({"served_model": "m"}, {}, "--served-model .* needs --endpoint"),
+        ({}, {"QLGATE_BASELINE_MODEL": "m"}, "QLGATE_BASELINE_MODEL.* needs --endpoint"),
+        ({"engine": "openai"}, {}, "--engine .* needs --endpoint URL and --served-model"),
+    ],
+)
+def test_endpoint_companions_need_an_endpoint(
+    project: Path, cli: dict[str, object], env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(OptionError, match=named):
+        resolve(project, cli={"candidate": "adapter", **cli}, env=env)
+
+
+def test_endpoint_without_golden_dir_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(OptionError, match="no golden set"):
+        resolve(tmp_path, cli={"endpoint": URL, "served_model": "c", "min_f1": "0.5"})
+
+
+def test_min_f1_is_a_floor_for_local_engines_too(project: Path) -> None:
+    """--min-f1 with --candidate is an extra floor beside the gain over the baseline."""
+    opts = resolve(project, cli={"candidate": "adapter"}, ini={"qlgate_min_f1": "0.7"})
+    assert opts.min_f1 == 0.7 and opts.engine == "hf" and opts.endpoint is None
+    assert resolve(project, cli={"candidate": "adapter"}).min_f1 is None
+    for bad in ("-0.1", "1.01", "nan", "x"):
+        with pytest.raises(OptionError, match=r"--min-f1 \(from environment"):
+            resolve(project, cli={"candidate": "adapter"}, env={"QLGATE_MIN_F1": bad})
+
+
+def test_hf_engine_knobs_reach_engine_extra(project: Path) -> None:
+    """--gate-max-batch-tokens and --gate-merge become EngineConfig.extra keys; auto omits."""
+    opts = resolve(project, cli={"candidate": "adapter"})
+    assert (opts.max_batch_tokens, opts.merge, opts.engine_extra()) == (None, "auto", {})
+    opts = resolve(
+        project,
+        cli={"candidate": "adapter", "max_batch_tokens": "2048"},
+        env={"QLGATE_MERGE": "off"},
+    )
+    assert opts.engine_extra() == {"max_batch_tokens": 2048, "merge": False}
+    assert opts.sources["merge"] == "environment variable QLGATE_MERGE"
+    opts = resolve(project, cli={"candidate": "adapter"}, ini={"qlgate_merge": "on"})
+    assert opts.engine_extra() == {"merge": True}
+    assert resolve(project, cli={"candidate": "adapter", "merge": "auto"}).engine_extra() == {}
+    assert parse_merge("Yes") == "on" and parse_merge("0") == "off"
+    for bad in ("0", "-5", "1.5"):
+        with pytest.raises(OptionError, match="--gate-max-batch-tokens"):
+            resolve(project, cli={"candidate": "adapter"}, ini={"qlgate_max_batch_tokens": bad})
+
+
+def test_hf_engine_knobs_are_part_of_the_generation_cache_key(project: Path) -> None:
+    """Merging moves log-likelihoods slightly and the token budget changes the batch layout:
+    a run with other knobs must miss the cache, not reuse answers computed without them."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from qlgate_pytest.engines.base import EngineConfig
+    from qlgate_pytest.gate_cache import build_cache
+
+    base = project / "base"
+    base.mkdir()
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(base / "model.safetensors"))
+    (base / "tokenizer_config.json").write_text('{"chat_template": "{{ m }}"}', encoding="utf-8")
+    samplings = []
+    for cli in ({}, {"merge": "off"}, {"merge": "on"}, {"max_batch_tokens": "64"}):
+        opts = resolve(project, cli={"candidate": "adapter", "no_gen_cache": True, **cli})
+        config = EngineConfig(base, {"candidate": None}, extra=opts.engine_extra())
+        cache, _ = build_cache(opts, project, config, {"engine": "hf"})
+        samplings.append(json.dumps(cache.sampling, sort_keys=True))
+    assert len(set(samplings)) == len(samplings)
