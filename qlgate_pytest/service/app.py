@@ -111,7 +111,13 @@ def build_spec(body: EvaluateRequest, state: _State) -> JobSpec:
         floor = gate.BY_KEY.get("min_f1")
         if floor is None:
             raise RequestRejected(400, "baseline_f1: this gate has no absolute F1 floor option")
-        args.append(_flag(floor, body.baseline_f1 + (body.threshold or 0.0)))
+        required = body.baseline_f1 + (body.threshold or 0.0)
+        if not 0.0 <= required <= 1.0:
+            # The gate's --min-f1 takes [0, 1]; say so here rather than as a failed inner run.
+            raise RequestRejected(
+                400, f"baseline_f1 + threshold = {required:.3f}: a macro-F1 floor must be in [0, 1]"
+            )
+        args.append(_flag(floor, required))
     elif body.threshold is not None:
         args.append(_flag(gate.MIN_F1_GAIN, body.threshold))
     if body.engine is not None:

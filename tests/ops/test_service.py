@@ -262,6 +262,14 @@ def test_baseline_f1_needs_a_gate_floor_option(service: str, auth: dict[str, str
         assert f"{flag}={0.8 + 0.05!r}" in r.json()["report"]["run"]["options"]
 
 
+def test_floor_above_one_is_400(service: str, auth: dict[str, str]) -> None:
+    """baseline_f1 + threshold past 1.0 is refused up front, not run as a failing inner gate."""
+    body = {"model_path": "approve", "golden_set_id": "support", "baseline_f1": 0.98,
+            "threshold": 0.05}  # fmt: skip
+    r = _post(service, body, auth)
+    assert r.status_code == 400 and "must be in [0, 1]" in r.json()["detail"]
+
+
 def test_unknown_engine_is_400_with_suggestion(service: str, auth: dict[str, str]) -> None:
     """An engine name the gate does not know is refused with a 'did you mean'."""
     r = _post(service, {"model_path": "approve", "golden_set_id": "support", "engine": "hff"}, auth)
