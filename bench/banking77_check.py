@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -92,7 +93,9 @@ def main() -> None:
     golden = args.work / "golden"
     golden.mkdir(exist_ok=True)
     cases = [
-        {"id": f"b77-{label}-{i:03d}", "prompt": text, "expected": label}
+        # Case ids allow [A-Za-z0-9_.-] only; some intent names carry a '?'.
+        {"id": f"b77-{re.sub(r'[^A-Za-z0-9_.-]', '', label)}-{i:03d}", "prompt": text,
+         "expected": label}
         for label in labels
         for i, text in enumerate(rng.sample(test[label], args.test_per_class))
     ]
