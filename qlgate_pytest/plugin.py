@@ -235,6 +235,18 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
     return config.pluginmanager.has_plugin("dsession")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object | None) -> None:
+    """xdist (controller): a worker went down. A crash is red even when xdist replaced the worker
+    before it held any case (nothing lost): it was killed for a reason (often OOM), and the gate
+    fails closed on any error rather than guessing whether the results are whole."""
+    gate = _gate(node.config)
+    if gate is None or not error:
+        return
+    worker = getattr(getattr(node, "gateway", None), "id", "?")
+    gate.note_session_error(f"xdist worker {worker} crashed ({error}); the gate fails closed")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
     gate = _gate(session.config)

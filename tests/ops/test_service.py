@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -390,15 +391,19 @@ def test_serve_starts_and_answers(service_dirs: Any, unused_port: int) -> None:
     proc = _serve(args, env)
     try:
         url = f"http://127.0.0.1:{unused_port}"
-        deadline = time.monotonic() + 60
+        # Start-up imports FastAPI and the gate; under CI's parallel load that took over 60 s.
+        deadline = time.monotonic() + 240
+        # Wait with a plain socket: an inline pytester run earlier on this worker can leave two
+        # copies of httpcore loaded, and then httpx lets httpcore's ConnectError escape unmapped.
         while True:
             try:
-                health = httpx.get(f"{url}/healthz")
+                socket.create_connection(("127.0.0.1", unused_port), timeout=1).close()
                 break
-            except httpx.TransportError:
+            except OSError:
                 assert proc.poll() is None, proc.communicate()[0]
                 assert time.monotonic() < deadline, "serve did not start"
                 time.sleep(0.2)
+        health = httpx.get(f"{url}/healthz")
         assert health.json()["workers"] == 1
         assert httpx.post(f"{url}/evaluate", json={}).status_code == 401
     finally:
