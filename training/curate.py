@@ -54,8 +54,9 @@ from training.quarantine import (
 from training.reader import LineReader, Spill
 from training.schema import Admission
 from training.teacher import Teacher
+from training.triggers import Trigger, TriggerStats, detect_triggers
 
-TriggerSearch = tuple[list[poison.Trigger], dict[int, str], dict[str, int]]
+TriggerSearch = tuple[list[Trigger], dict[int, str], dict[str, int]]
 _ORDER = {code: i for i, code in enumerate(REASONS)}
 
 
@@ -130,7 +131,7 @@ class _Run:
         self.index = CandidateIndex(config.dedup, min(thresholds), self.signatures)
         self.golden_sims = [similarity_text(t) for t in golden.texts] if golden else []
         self.index.add(self.golden_sims)
-        self.triggers = poison.TriggerStats(config.poison.trigger)
+        self.triggers = TriggerStats(config.poison.trigger)
         # Per admitted record, by spill index. ``unique`` lists the non-exact-dup records in
         # order; the LSH key of unique[k] is golden_n + k.
         self.lines: list[int] = []
@@ -195,10 +196,12 @@ class _Run:
             self.stats["pii_records"] += 1
             self.stats["pii"].update(counts)
         triggers = self.triggers
+        # The class of each row counted for trigger detection (-1: a duplicate, no answer key,
+        # or an answer past the class cap), so the chunk's n-grams are added for those only.
+        classes = np.full(len(chunk.lines), -1, dtype=np.int64)
         first = len(self.lines)
         self.lines += chunk.lines
         unique_rows: list[int] = []
-        dups: list[int] = []
         for row, (row_id, label, key) in enumerate(
             zip(chunk.ids, chunk.labels, chunk.keys, strict=True)
         ):
@@ -212,8 +215,6 @@ class _Run:
                 self.ids.append("")
                 self.system.append(0)
                 self.tags.append(())
-                if key is not None:
-                    dups.append(row)
                 continue
             self.seen[(row_id, label)] = index
             self.keys.append(key)
@@ -225,17 +226,15 @@ class _Run:
             if row in chunk.flags:
                 self.flags[index] = chunk.flags[row]
             if key is not None:
-                triggers.count(key)
+                number = triggers.count(key)
+                if number is not None:
+                    classes[row] = number
             unique_rows.append(row)
         self.index.add_signatures(chunk.signatures[np.asarray(unique_rows, dtype=np.int64)])
-        # The chunk's n-gram counts include its exact duplicates; they are taken back after.
-        for key, grams in chunk.grams.items():
-            triggers.merge(key, grams)
-        if chunk.grams:
-            for row in dups:
-                key = chunk.keys[row]
-                assert key is not None
-                triggers.discard(chunk.similarity[row].split(), key)
+        if len(chunk.gram_rows):
+            owner = classes[chunk.gram_rows]
+            counted = owner >= 0
+            triggers.add_grams(owner[counted], chunk.gram_hashes[counted])
 
     def _near_duplicates(self) -> None:
         g = self.golden_n
@@ -305,13 +304,13 @@ class _Run:
                     self._flag([index], reason, policies[reason], match=snippet)
 
     def _search_triggers(self) -> TriggerSearch:
-        def records() -> Iterator[tuple[int, list[str], str, str]]:
+        def records() -> Iterator[tuple[int, str, str, str]]:
             for record in self.prompts.rows():
                 index = record["i"]
                 if record["k"] is not None and index not in self.dup_of:
-                    yield index, record["s"].split(), record["k"], self.ids[index]
+                    yield index, record["s"], record["k"], self.ids[index]
 
-        return poison.detect_triggers(self.triggers, records)
+        return detect_triggers(self.triggers, records)
 
     def _trigger_flags(self, search: TriggerSearch) -> None:
         found, flagged, summary = search

@@ -17,9 +17,9 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_confi
 from training.dedup import NearDupConfig
 from training.errors import ConfigError
 from training.pii import PiiConfig
-from training.poison import TriggerConfig
 from training.schema import UnknownKeyPolicy
 from training.tomlconf import key_line, read_toml
+from training.triggers import TriggerConfig
 
 Policy = Literal["quarantine", "warn", "off"]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import multiprocessing
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -24,8 +24,8 @@ import numpy.typing as npt
 import orjson
 
 from training.dedup import text_signatures
+from training.grams import gram_table
 from training.manifest import row_hash
-from training.poison import Gram, prompt_grams
 from training.quarantine import QuarantineRow
 from training.reader import RawLine
 from training.schema import Admission, Admitted
@@ -43,7 +43,8 @@ class Chunk(NamedTuple):
     records are columns (row ``k`` of each is the ``k``-th admitted record of the chunk; ``flags``
     and ``pii`` only for rows that have some), with their spill and prompt-spill rows already
     written to ``spill`` and ``prompts`` in the same order. ``signatures`` are the prompts'
-    MinHash rows, ``grams`` the n-gram counts of the rows with an answer key, per key."""
+    MinHash rows; ``gram_rows``/``gram_hashes`` the distinct word n-grams (hashed) of each row
+    with an answer key, for trigger detection."""
 
     rejects: list[QuarantineRow]
     lines: list[int]
@@ -54,9 +55,9 @@ class Chunk(NamedTuple):
     tags: list[tuple[str, ...]]
     flags: dict[int, tuple[tuple[str, str], ...]]
     pii: dict[int, dict[str, int]]
-    similarity: list[str]
     signatures: npt.NDArray[np.uint32]
-    grams: dict[str, Counter[Gram]]
+    gram_rows: npt.NDArray[np.int64]
+    gram_hashes: npt.NDArray[np.uint64]
     spill: Path
     prompts: Path
 
@@ -104,10 +105,12 @@ def admit_chunk(admission: Admission, number: int, lines: Sequence[RawLine], whe
     count_grams = cfg.poison.triggers != "off"
     max_n = cfg.poison.trigger.max_n
     name = where / f".chunk-{number:08d}"
-    chunk = Chunk([], [], [], [], [], [], [], {}, {}, [], _NO_SIGNATURES, {},
+    chunk = Chunk([], [], [], [], [], [], [], {}, {}, _NO_SIGNATURES, _NO_ROWS, _NO_HASHES,
                   name.with_suffix(".spill"), name.with_suffix(".prompts"))  # fmt: skip
     spill: list[bytes] = []
     prompts: list[bytes] = []
+    similarity: list[str] = []
+    keyed: list[int] = []
     for raw in lines:
         a = admission.line(raw)
         if isinstance(a, QuarantineRow):
@@ -126,20 +129,24 @@ def admit_chunk(admission: Admission, number: int, lines: Sequence[RawLine], whe
             chunk.flags[row] = a.flags
         if a.pii:
             chunk.pii[row] = dict(a.pii)
-        chunk.similarity.append(a.similarity)
+        similarity.append(a.similarity)
         spill.append(spill_row(a))
         prompts.append(orjson.dumps({"k": a.answer_key, "s": a.similarity}))
-        if count_grams and a.answer_key is not None:
-            counts = chunk.grams.get(a.answer_key)
-            if counts is None:
-                counts = chunk.grams[a.answer_key] = Counter()
-            counts.update(prompt_grams(a.similarity.split(), max_n))
+        if a.answer_key is not None:
+            keyed.append(row)
     chunk.spill.write_bytes(b"".join(row + b"\n" for row in spill))
     chunk.prompts.write_bytes(b"".join(row + b"\n" for row in prompts))
-    return chunk._replace(signatures=text_signatures(chunk.similarity, cfg.dedup))
+    signatures = text_signatures(similarity, cfg.dedup)
+    if not count_grams or not keyed:
+        return chunk._replace(signatures=signatures)
+    table = gram_table([similarity[row] for row in keyed], max_n)
+    rows = np.asarray(keyed, dtype=np.int64)[table.rows]
+    return chunk._replace(signatures=signatures, gram_rows=rows, gram_hashes=table.hashes)
 
 
 _NO_SIGNATURES = np.zeros((0, 0), dtype=np.uint32)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_HASHES = np.zeros(0, dtype=np.uint64)
 
 
 def chunks(

@@ -29,6 +29,8 @@ import numpy.typing as npt
 import rensa
 from pydantic import ConfigDict, Field, with_config
 
+from training.sortops import unique
+
 U64 = npt.NDArray[np.uint64]
 _NON_WORD = re.compile(r"[\W_]+")
 # Bucket sizes up to this are verified pair by pair; larger ones (hundreds of templated
@@ -224,7 +226,7 @@ def candidate_pairs(
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         sizes = np.diff(np.r_[starts, n])
         # Buckets of one size become pairs in one vectorised step per size.
-        for size in np.unique(sizes[(sizes > 1) & (sizes <= _ALL_PAIRS_MAX)]).tolist():
+        for size in unique(sizes[(sizes > 1) & (sizes <= _ALL_PAIRS_MAX)]).tolist():
             members = order[starts[sizes == size][:, None] + np.arange(size)]
             i, j = _triu(size)
             found.append(np.stack([members[:, i].ravel(), members[:, j].ravel()], axis=1))
@@ -243,7 +245,7 @@ def candidate_pairs(
     pairs = np.concatenate(found).astype(np.int64)
     pairs.sort(axis=1)
     # One int64 per pair makes the de-duplication a flat sort.
-    codes = np.unique(pairs[:, 0] * np.int64(n) + pairs[:, 1])
+    codes = unique(pairs[:, 0] * np.int64(n) + pairs[:, 1])
     return np.stack([codes // n, codes % n], axis=1)
 
 
@@ -327,14 +329,14 @@ def near_pairs(
     keep = (estimate >= lowest - _EXACT_MARGIN) | close
     # Shingle sets only for rows of pairs the exact Jaccard settles, hashed in batches and kept
     # as sorted uint64 arrays (8 bytes a shingle; a Python set of ints costs ~6x that).
-    needed = np.unique(pairs[keep][close[keep]])
+    needed = unique(pairs[keep][close[keep]])
     sets: dict[int, U64] = {}
     for start in range(0, len(needed), _SIGNATURE_BATCH):
         batch = needed[start : start + _SIGNATURE_BATCH].tolist()
         hashes, offsets = shingle_hashes([texts[r] for r in batch], config.shingle)
         bounds = offsets.tolist()
         for k, row in enumerate(batch):
-            sets[row] = np.unique(hashes[bounds[k] : bounds[k + 1]])
+            sets[row] = unique(hashes[bounds[k] : bounds[k + 1]])
     result = []
     for (a, b), similarity, exact in zip(
         pairs[keep].tolist(), estimate[keep].tolist(), close[keep].tolist(), strict=True

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from training.dedup import NearDupConfig, band_keys, choose_bands, text_signatures
+from training.sortops import repeated
 
 Signatures = npt.NDArray[np.uint32]
 
@@ -60,8 +61,7 @@ class CandidateIndex:
         keys = np.concatenate(self._keys)
         flagged = np.zeros(len(keys), dtype=bool)
         for band in range(keys.shape[1]):
-            _, inverse, counts = np.unique(keys[:, band], return_inverse=True, return_counts=True)
-            flagged |= counts[inverse] > 1
+            flagged |= repeated(keys[:, band])
         return flagged
 
     def signatures(self, rows: npt.NDArray[np.int64] | Sequence[int]) -> Signatures:

@@ -1,0 +1,92 @@
+"""Set operations on integer arrays by plain sorting.
+
+numpy 2.4's ``np.unique`` on large integer arrays costs 10-20x a plain ``np.sort`` of the same
+array on this kind of CPU (24 ms against 2.4 ms for 120k uint64, measured), and it is called per
+chunk and per LSH band; these equivalents sort once and compare neighbours.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+Int = TypeVar("Int", bound=np.integer)
+I64 = npt.NDArray[np.int64]
+
+
+def _starts(ordered: npt.NDArray[Int]) -> npt.NDArray[np.bool_]:
+    """True where a run of equal values begins in a sorted array."""
+    mask = np.empty(len(ordered), dtype=bool)
+    if len(ordered):
+        mask[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=mask[1:])
+    return mask
+
+
+def unique(values: npt.NDArray[Int]) -> npt.NDArray[Int]:
+    """The distinct values, sorted (``np.unique(values)``: a 2-D input is flattened)."""
+    ordered = np.sort(values, axis=None)
+    return ordered[_starts(ordered)]
+
+
+def unique_counts(values: npt.NDArray[Int]) -> tuple[npt.NDArray[Int], I64]:
+    """The distinct values, sorted, and how often each occurs."""
+    ordered = np.sort(values)
+    starts = np.flatnonzero(_starts(ordered))
+    counts = np.diff(np.append(starts, len(ordered))).astype(np.int64)
+    return ordered[starts], counts
+
+
+def unique_inverse(values: npt.NDArray[Int]) -> tuple[npt.NDArray[Int], I64]:
+    """The distinct values, sorted, and for each input its value's position among them."""
+    order = np.argsort(values)
+    ordered = values[order]
+    starts = _starts(ordered)
+    inverse = np.empty(len(values), dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return ordered[starts], inverse
+
+
+def one_of_each(values: npt.NDArray[Int]) -> I64:
+    """The index of one occurrence of each distinct value (which one is unspecified but the
+    same for the same input), in value order."""
+    order = np.argsort(values)
+    return order[_starts(values[order])].astype(np.int64)
+
+
+def repeated(values: npt.NDArray[Int]) -> npt.NDArray[np.bool_]:
+    """True for each element whose value occurs more than once."""
+    order = np.argsort(values)
+    ordered = values[order]
+    same = ordered[1:] == ordered[:-1]
+    mask = np.zeros(len(values), dtype=bool)
+    if len(values) > 1:
+        hit = np.zeros(len(values), dtype=bool)
+        hit[1:] |= same
+        hit[:-1] |= same
+        mask[order] = hit
+    return mask
+
+
+def merge_counts(
+    values: npt.NDArray[Int], counts: I64, more: npt.NDArray[Int], more_counts: I64
+) -> tuple[npt.NDArray[Int], I64]:
+    """Merge two sorted, distinct value arrays with counts into one (counts of shared values
+    added)."""
+    if len(values) == 0:
+        return more, more_counts
+    at = np.searchsorted(values, more)
+    shared = at < len(values)
+    shared[shared] = values[at[shared]] == more[shared]
+    merged_counts = counts.copy()
+    # Both arrays are distinct, so each shared value hits its own position.
+    merged_counts[at[shared]] += more_counts[shared]
+    fresh = ~shared
+    if not fresh.any():
+        return values, merged_counts
+    return (
+        np.insert(values, at[fresh], more[fresh]),
+        np.insert(merged_counts, at[fresh], more_counts[fresh]),
+    )
