@@ -32,7 +32,7 @@ import gc
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qlgate_pytest.engines.base import (
     ROLES,
@@ -52,6 +52,7 @@ from qlgate_pytest.engines.vllm_canary import (
 )
 from qlgate_pytest.engines.vllm_settings import (
     INSTALL,
+    MAX_LORA_RANK,
     VLLMSettings,
     auto_cpu_dtype,
     cpu_flags,
@@ -59,14 +60,35 @@ from qlgate_pytest.engines.vllm_settings import (
 )
 from qlgate_pytest.errors import EngineError
 
+if TYPE_CHECKING:
+    from qlgate_pytest.preflight import EngineCaps
+
 RANK_TOKENS = 8  # greedy answer length when ranking falls back to generation
 RANK_CHUNK = 64  # rank items whose prompts are cached at once (1 GB of fp32 KV holds ~280)
 Work = tuple[Role, GenerateRequest | RankRequest]
 
 
-def create(config: EngineConfig) -> VLLMEngine:
-    """Engine factory registered as ``vllm``."""
-    return VLLMEngine(config)
+class _Factory:
+    """The engine factory registered as ``vllm`` (``create``), with the ``caps`` that
+    ``preflight_hook.engine_caps`` reads before anything loads."""
+
+    def __call__(self, config: EngineConfig) -> VLLMEngine:
+        return VLLMEngine(config)
+
+    @staticmethod
+    def caps() -> EngineCaps:
+        """What vLLM serves, so preflight refuses the rest with a reason instead of the engine
+        failing after a 30 s start: LoRA up to its largest ``max_lora_rank``, no DoRA (vLLM's
+        ``PEFTHelper``: "vLLM does not yet support DoRA"), and no ``modules_to_save`` (vLLM
+        loads those only as a cross-encoder's classification head)."""
+        from qlgate_pytest.preflight import EngineCaps
+
+        return EngineCaps(
+            "vllm", max_lora_rank=MAX_LORA_RANK, supports_dora=False, supports_modules_to_save=False
+        )
+
+
+create = _Factory()
 
 
 def _error_text(exc: BaseException) -> str:

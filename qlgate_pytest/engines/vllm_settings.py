@@ -16,6 +16,7 @@ INSTALL = (
     "pip uninstall -y torchvision torchaudio torchcodec"
 )
 _RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
+MAX_LORA_RANK = _RANKS[-1]
 
 
 @dataclass(frozen=True)

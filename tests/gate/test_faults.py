@@ -114,6 +114,19 @@ def test_rank_too_high_for_the_engine(
     assert_red(gate_project, result, "preflight [rank_too_high]", "LoRA rank 4", "max_lora_rank 2")
 
 
+def test_dora_refused_for_vllm_before_it_loads(
+    gate_project: pytest.Pytester, tiny_adapters: Adapters
+) -> None:
+    """vLLM cannot serve DoRA: its factory says so, and preflight stops the run before the
+    engine is imported or started (this runs where vllm is not installed too)."""
+    adapter = copy_adapter(tiny_adapters.perturbed, gate_project.path / "dora")
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config_path.write_text(json.dumps({**config, "use_dora": True}), encoding="utf-8")
+    result = gate(gate_project, adapter, "--engine=vllm")
+    assert_red(gate_project, result, "preflight [unsupported_adapter]", "cannot serve DoRA")
+
+
 def _provenance(adapter: Path, **fields: Any) -> None:
     record = {"schema_version": 1, **fields}
     (adapter / "qlgate-provenance.json").write_text(json.dumps(record), encoding="utf-8")
