@@ -1,6 +1,6 @@
 """Gate throughput on this CPU: the vllm engine vs the hf engine (batched) vs a naive loop.
 
-    OMP_NUM_THREADS=1 VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 \\
+    OMP_NUM_THREADS=2 VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 \\
         /work/vllm-venv/bin/python bench/bench_engines.py --cases 1000 --naive 40 \\
         [--adapter DIR] [--engines hf,vllm,naive] [--json OUT.json]
 
@@ -17,8 +17,15 @@ an earlier answer), ranked over the four labels, for the base model and for the 
 - ``vllm-stock``: the same engine without qlgate's CPU LoRA fix (``vllm_patch=False``): vLLM's own
   CPU LoRA path, where ranking falls back to a greedy answer of 8 tokens parsed to a label;
 - ``naive``: what a plain pytest harness does: per case, ``model.generate`` (greedy, 8 new tokens,
-  batch 1) on a peft model, then a label parsed from the text. It is timed on ``--naive`` cases
-  spread evenly over the workload and extrapolated per case to ``--cases`` (printed as such).
+  batch 1, torch's default threads) on a peft model, then a label parsed from the text. It is
+  timed on ``--naive`` cases spread evenly over the workload and extrapolated per case to
+  ``--cases`` (printed as such).
+
+``hf`` and ``naive`` are timed in ``--rounds`` interleaved rounds (round r: hf ranks block r of
+the cases, both roles; then the naive loop runs its share of its cases, both roles), because this
+shared machine's speed drifts by up to 2x within minutes: a ratio of two engines timed half an
+hour apart measured the drift as much as the engines. vLLM (4 GB, its own worker process) runs
+on its own, before them.
 
 Throughput is cases/s over the timed calls (engine start and warm-up excluded, printed apart).
 Labels picked are scored against the cases' expected labels as a sanity check (accuracy).
@@ -86,6 +93,43 @@ def _accuracy(picked: Sequence[str], expected: Sequence[str]) -> float:
     return sum(p == e for p, e in zip(picked, expected, strict=True)) / len(expected)
 
 
+class Timed:
+    """Seconds and picked labels accumulated over the rounds of one (engine, role)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.picked: list[str] = []
+        self.expected: list[str] = []
+
+    def add(self, seconds: float, picked: Sequence[str], expected: Sequence[str]) -> None:
+        self.seconds += seconds
+        self.picked += picked
+        self.expected += expected
+
+
+ROLES: tuple[Role, Role] = ("baseline", "candidate")
+
+
+def start_engine(factory: Callable[[EngineConfig], Any], config: EngineConfig) -> tuple[Any, float]:
+    started = time.perf_counter()
+    engine = factory(config)
+    engine.warm_up()
+    return engine, time.perf_counter() - started
+
+
+def rank_block(
+    name: str, engine: Any, role: Role, requests: list[RankRequest]
+) -> tuple[float, list[str]]:
+    """One timed rank call; errors stop the benchmark."""
+    began = time.perf_counter()
+    got = engine.rank(role, requests)
+    seconds = time.perf_counter() - began
+    errors = [r.error for r in got if r.error]
+    if errors:
+        raise SystemExit(f"{name} {role}: {len(errors)} errors, first: {errors[0]}")
+    return seconds, [str(r.best) for r in got]
+
+
 def run_engine(
     name: str,
     factory: Callable[[EngineConfig], Any],
@@ -94,71 +138,112 @@ def run_engine(
     expected: list[str],
 ) -> list[Row]:
     """Start an engine, warm it up, then time one rank call per role over every request."""
-    start = time.perf_counter()
-    engine = factory(config)
-    engine.warm_up()
-    start_s = time.perf_counter() - start
+    engine, start_s = start_engine(factory, config)
     rows = []
     try:
-        for role in ("baseline", "candidate"):
-            began = time.perf_counter()
-            got = engine.rank(role, requests)
-            seconds = time.perf_counter() - began
-            errors = [r.error for r in got if r.error]
-            if errors:
-                raise SystemExit(f"{name} {role}: {len(errors)} errors, first: {errors[0]}")
-            rows.append(Row(name, role, len(requests), seconds,
-                            _accuracy([r.best for r in got], expected), start_s))  # fmt: skip
+        for role in ROLES:
+            seconds, picked = rank_block(name, engine, role, requests)
+            rows.append(
+                Row(name, role, len(requests), seconds, _accuracy(picked, expected), start_s)
+            )
             print(f"  {name:6s} {role:9s} {rows[-1].per_s:7.2f} cases/s", flush=True)
     finally:
         engine.close()
     return rows
 
 
-def run_naive(
-    config: EngineConfig, requests: list[RankRequest], expected: list[str], subset: int
-) -> list[Row]:
+class Naive:
     """Per case ``generate`` at batch 1 (8 new tokens) and a label parsed from the text."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qlgate_pytest.scoring import normalize_label
+    def __init__(self, config: EngineConfig) -> None:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(config.base_model))
-    base = AutoModelForCausalLM.from_pretrained(str(config.base_model), dtype=torch.float32)
-    adapter = config.adapters["candidate"]
-    assert adapter is not None
-    model: Any = PeftModel.from_pretrained(base, str(adapter)).eval()
-    start_s = time.perf_counter() - start
-    # Evenly spaced over the workload, so the subset has the workload's mix of slices and labels.
-    step = max(1, len(requests) // subset)
-    chosen = list(range(0, len(requests), step))[:subset]
-    rows = []
-    for role in ("baseline", "candidate"):
+        started = time.perf_counter()
+        # torch's default thread count (from OMP_NUM_THREADS), as the engines get: a plain
+        # harness does not tune threads, and pinning it to one core would flatter the engines.
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(config.base_model))
+        base = AutoModelForCausalLM.from_pretrained(str(config.base_model), dtype=torch.float32)
+        adapter = config.adapters["candidate"]
+        assert adapter is not None
+        self.model: Any = PeftModel.from_pretrained(base, str(adapter)).eval()
+        self.start_s = time.perf_counter() - started
+
+    def rank(self, role: Role, requests: Sequence[RankRequest]) -> tuple[float, list[str]]:
+        from qlgate_pytest.scoring import normalize_label
+
         picked = []
         began = time.perf_counter()
-        for request in (requests[i] for i in chosen):
-            ids: Any = tokenizer.apply_chat_template(
+        for request in requests:
+            ids: Any = self.tokenizer.apply_chat_template(
                 [m.as_dict() for m in request.messages], add_generation_prompt=True,
                 return_tensors="pt", return_dict=True,
             )  # fmt: skip
-            with torch.inference_mode():
+            with self.torch.inference_mode():
                 if role == "baseline":
-                    with model.disable_adapter():
-                        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+                    with self.model.disable_adapter():
+                        out = self.model.generate(**ids, max_new_tokens=8, do_sample=False)
                 else:
-                    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+                    out = self.model.generate(**ids, max_new_tokens=8, do_sample=False)
             new = out[0, ids["input_ids"].shape[1] :]
-            text = str(tokenizer.decode(new, skip_special_tokens=True))
+            text = str(self.tokenizer.decode(new, skip_special_tokens=True))
             picked.append(normalize_label(text, request.labels) or "")
-        per_case = (time.perf_counter() - began) / subset
-        accuracy = _accuracy(picked, [expected[i] for i in chosen])
-        rows.append(Row("naive", role, len(requests), per_case * len(requests), accuracy,
-                        start_s, subset))  # fmt: skip
-        print(f"  naive  {role:9s} {rows[-1].per_s:7.2f} cases/s (on {subset})", flush=True)
+        return time.perf_counter() - began, picked
+
+
+def run_interleaved(
+    config: EngineConfig,
+    requests: list[RankRequest],
+    expected: list[str],
+    names: Sequence[str],
+    naive_cases: int,
+    rounds: int,
+) -> list[Row]:
+    """``hf`` and/or ``naive`` timed in alternating rounds over the same blocks of cases."""
+    from qlgate_pytest.engines.hf import create as hf_create
+
+    engines: dict[str, Any] = {}
+    start_s: dict[str, float] = {}
+    if "hf" in names:
+        engines["hf"], start_s["hf"] = start_engine(hf_create, config)
+    if "naive" in names:
+        naive = Naive(config)
+        engines["naive"], start_s["naive"] = naive, naive.start_s
+    # The naive loop's cases: evenly spaced over the workload, so they have its mix.
+    step = max(1, len(requests) // max(1, naive_cases))
+    naive_ids = list(range(0, len(requests), step))[:naive_cases]
+    timed = {(name, role): Timed() for name in engines for role in ROLES}
+    try:
+        for r in range(rounds):
+            block = list(range(len(requests)))[r::rounds]
+            for name, engine in engines.items():
+                ids = block if name != "naive" else naive_ids[r::rounds]
+                if not ids:
+                    continue
+                for role in ROLES:
+                    chosen = [requests[i] for i in ids]
+                    if name == "naive":
+                        seconds, picked = engine.rank(role, chosen)
+                    else:
+                        seconds, picked = rank_block(name, engine, role, chosen)
+                    timed[name, role].add(seconds, picked, [expected[i] for i in ids])
+            done = ", ".join(
+                f"{n} {len(t.picked) / t.seconds:.2f}" for (n, role), t in timed.items()
+                if role == "baseline" and t.seconds
+            )  # fmt: skip
+            print(f"  round {r + 1}/{rounds}: cases/s so far (base) {done}", flush=True)
+    finally:
+        if "hf" in engines:
+            engines["hf"].close()
+    rows = []
+    for (name, role), t in timed.items():
+        count = len(t.picked)
+        seconds = t.seconds * len(requests) / count  # the naive loop: extrapolated per case
+        note = count if count < len(requests) else None
+        rows.append(Row(name, role, len(requests), seconds, _accuracy(t.picked, t.expected),
+                        start_s[name], note))  # fmt: skip
     return rows
 
 
@@ -190,10 +275,10 @@ def main() -> None:
     parser.add_argument(
         "--engines", default="vllm,hf,naive", help="comma-separated: vllm, vllm-stock, hf, naive"
     )
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds of hf/naive")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
-    from qlgate_pytest.engines.hf import create as hf_create
     from qlgate_pytest.engines.vllm_engine import create as vllm_create
     from training.models import resolve_base_model
 
@@ -222,10 +307,10 @@ def main() -> None:
         elif name == "vllm-stock":  # vLLM's own CPU LoRA path: no fix, so rank by generation
             stock = dataclasses.replace(config, extra={**config.extra, "vllm_patch": False})
             rows += run_engine("vllm-stock", vllm_create, stock, requests, expected)
-        elif name == "hf":
-            rows += run_engine("hf", hf_create, config, requests, expected)
-        elif name == "naive":
-            rows += run_naive(config, requests, expected, min(args.naive, len(requests)))
+    together = [n for n in names if n in ("hf", "naive")]
+    if together:
+        naive_cases = min(args.naive, len(requests))
+        rows += run_interleaved(config, requests, expected, together, naive_cases, args.rounds)
     print("\n".join(table(rows)))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
