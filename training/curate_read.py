@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from training.batched import batched
 from training.dedup import text_signatures
 from training.grams import gram_table
 from training.manifest import row_hash
@@ -161,30 +162,19 @@ def chunks(
     flight so the input is streamed."""
     size = size or CHUNK_LINES
     if workers <= 1:
-        for number, chunk in enumerate(_cut(lines, size)):
+        for number, chunk in enumerate(batched(lines, size)):
             yield admit_chunk(admission, number, chunk, where)
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with context.Pool(workers, initializer=_start_worker, initargs=(admission.cfg,)) as pool:
         pending: deque[Any] = deque()
-        for number, chunk in enumerate(_cut(lines, size)):
+        for number, chunk in enumerate(batched(lines, size)):
             pending.append(pool.apply_async(_admit_in_worker, (number, chunk, where)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
-
-
-def _cut(lines: Iterable[RawLine], size: int) -> Iterator[list[RawLine]]:
-    chunk: list[RawLine] = []
-    for raw in lines:
-        chunk.append(raw)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 _worker_admission: Admission | None = None

@@ -29,6 +29,7 @@ import numpy.typing as npt
 import rensa
 from pydantic import ConfigDict, Field, with_config
 
+from training.grams import mix
 from training.sortops import unique
 
 U64 = npt.NDArray[np.uint64]
@@ -40,8 +41,6 @@ _ALL_PAIRS_MAX = 32
 # deviations of a 128-permutation estimate).
 _EXACT_MARGIN = 0.1
 _SIGNATURE_BATCH = 4096
-_MIX1 = np.uint64(0xFF51AFD7ED558CCD)
-_MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
 _BASE = np.uint64(1_000_003)
 
 
@@ -137,20 +136,12 @@ def shingle_hashes(texts: Sequence[str], size: int) -> tuple[U64, U64]:
         hashes = np.concatenate([hashes, extra])[order]
     offsets = np.zeros(n + 1, dtype=np.uint64)
     np.cumsum(counts, out=offsets[1:])
-    return _mix(hashes), offsets
+    # The polynomial hash of similar shingles is not well spread.
+    return mix(hashes), offsets
 
 
 def _whole_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-
-
-def _mix(values: U64) -> U64:
-    # splitmix64 finaliser: the polynomial hash of similar shingles is not well spread.
-    values = values ^ (values >> np.uint64(33))
-    values = values * _MIX1
-    values = values ^ (values >> np.uint64(33))
-    values = values * _MIX2
-    return values ^ (values >> np.uint64(33))
 
 
 def choose_bands(num_perm: int, threshold: float, recall: float = 0.99) -> int:

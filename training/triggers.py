@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Annotated, NamedTuple
 
 import numpy as np
 from pydantic import ConfigDict, Field, with_config
 
+from training.batched import batched
 from training.grams import I64, U64, add_counts, gram_size, gram_table, gram_text, mix
 from training.sortops import unique, unique_inverse
 
@@ -343,7 +343,7 @@ def _find_holders(
     order = np.argsort(keys)
     sorted_keys = keys[order]
     found = _Holders()
-    for batch in _batches((r for r in records if r[2] in wanted), _BATCH):
+    for batch in batched((r for r in records if r[2] in wanted), _BATCH):
         texts = [r[1] for r in batch]
         table = gram_table(texts, stats.config.max_n)
         row_class = np.array([classes[r[2]] for r in batch], dtype=np.int64)
@@ -381,9 +381,3 @@ def _find_holders(
 
 def _class_keys(hashes: U64, classes: I64) -> U64:
     return mix(hashes ^ (classes.astype(np.uint64) + np.uint64(1)) * _CLASS_SALT)
-
-
-def _batches(items: Iterable[Record], size: int) -> Iterator[list[Record]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
