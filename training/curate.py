@@ -163,7 +163,9 @@ class _Run:
         with QuarantineWriter(early) as rejects:
             self.progress.stage("read", reader.size)
             read = reported = 0
-            for chunk in chunks(reader, self.admission, self.cfg.read.workers, self.staging):
+            workers = self.cfg.read.workers
+            bands = self.index.bands
+            for chunk in chunks(reader, self.admission, workers, self.staging, bands):
                 read += chunk.read
                 self._take(chunk, rejects)
                 self.progress.advance(reader.bytes_read - reported)
@@ -230,7 +232,8 @@ class _Run:
                 if number is not None:
                     classes[row] = number
             unique_rows.append(row)
-        self.index.add_signatures(chunk.signatures[np.asarray(unique_rows, dtype=np.int64)])
+        unique_at = np.asarray(unique_rows, dtype=np.int64)
+        self.index.add_signatures(chunk.signatures[unique_at], chunk.band_keys[unique_at])
         if len(chunk.gram_rows):
             owner = classes[chunk.gram_rows]
             counted = owner >= 0

@@ -5,8 +5,9 @@ decoding, schema and rules, PII scrubbing, keys, the spill rows (written to a fi
 which the main process appends to the spill: record text never crosses a pipe), the MinHash
 signatures of the prompts, and the n-gram counts trigger detection needs (per chunk and
 answer). The main process keeps what crosses records: exact duplicates, the LSH index, the
-totals. Chunks are cut by position and processed by the same code whatever the worker count,
-and results come back in input order, so the outcome of a run does not depend on ``workers``.
+totals. Chunks are the reader's blocks (whole lines, cut by position; the workers split them), are
+processed by the same code whatever the worker count, and come back in input order, so the
+outcome of a run does not depend on ``workers``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import gc
 import hashlib
 import multiprocessing
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -23,20 +24,15 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from training.batched import batched
-from training.dedup import text_signatures
+from training.dedup import band_keys, text_signatures
 from training.grams import gram_table
 from training.manifest import row_hash
 from training.quarantine import QuarantineRow
-from training.reader import RawLine
+from training.reader import Block, LineReader, RawLine, block_lines
 from training.schema import Admission, Admitted
 
 if TYPE_CHECKING:
     from training.curate_config import CurateConfig
-
-# Lines per chunk: large enough that per-chunk costs (a pickle round trip, a signature batch, a
-# counter merge) are small per record, small enough to keep the input streamed.
-CHUNK_LINES = 2048
 
 
 class Chunk(NamedTuple):
@@ -44,8 +40,8 @@ class Chunk(NamedTuple):
     records are columns (row ``k`` of each is the ``k``-th admitted record of the chunk; ``flags``
     and ``pii`` only for rows that have some), with their spill and prompt-spill rows already
     written to ``spill`` and ``prompts`` in the same order. ``signatures`` are the prompts'
-    MinHash rows; ``gram_rows``/``gram_hashes`` the distinct word n-grams (hashed) of each row
-    with an answer key, for trigger detection."""
+    MinHash rows and ``band_keys`` their LSH band keys; ``gram_rows``/``gram_hashes`` the
+    distinct word n-grams (hashed) of each row with an answer key, for trigger detection."""
 
     rejects: list[QuarantineRow]
     lines: list[int]
@@ -57,6 +53,7 @@ class Chunk(NamedTuple):
     flags: dict[int, tuple[tuple[str, str], ...]]
     pii: dict[int, dict[str, int]]
     signatures: npt.NDArray[np.uint32]
+    band_keys: npt.NDArray[np.uint64]
     gram_rows: npt.NDArray[np.int64]
     gram_hashes: npt.NDArray[np.uint64]
     spill: Path
@@ -100,14 +97,17 @@ def system_key(text: str) -> int:
     return key
 
 
-def admit_chunk(admission: Admission, number: int, lines: Sequence[RawLine], where: Path) -> Chunk:
-    """Admit chunk ``number``; its spill rows go to files in ``where``."""
+def admit_chunk(
+    admission: Admission, number: int, lines: Sequence[RawLine], where: Path, bands: int
+) -> Chunk:
+    """Admit chunk ``number``; its spill rows go to files in ``where``, its signatures are
+    keyed for ``bands`` LSH bands."""
     cfg = admission.cfg
     count_grams = cfg.poison.triggers != "off"
     max_n = cfg.poison.trigger.max_n
     name = where / f".chunk-{number:08d}"
-    chunk = Chunk([], [], [], [], [], [], [], {}, {}, _NO_SIGNATURES, _NO_ROWS, _NO_HASHES,
-                  name.with_suffix(".spill"), name.with_suffix(".prompts"))  # fmt: skip
+    chunk = Chunk([], [], [], [], [], [], [], {}, {}, _NO_SIGNATURES, _NO_KEYS, _NO_ROWS,
+                  _NO_HASHES, name.with_suffix(".spill"), name.with_suffix(".prompts"))  # fmt: skip
     spill: list[bytes] = []
     prompts: list[bytes] = []
     similarity: list[str] = []
@@ -138,39 +138,38 @@ def admit_chunk(admission: Admission, number: int, lines: Sequence[RawLine], whe
     chunk.spill.write_bytes(b"".join(row + b"\n" for row in spill))
     chunk.prompts.write_bytes(b"".join(row + b"\n" for row in prompts))
     signatures = text_signatures(similarity, cfg.dedup)
+    chunk = chunk._replace(signatures=signatures, band_keys=band_keys(signatures, bands))
     if not count_grams or not keyed:
-        return chunk._replace(signatures=signatures)
+        return chunk
     table = gram_table([similarity[row] for row in keyed], max_n)
     rows = np.asarray(keyed, dtype=np.int64)[table.rows]
-    return chunk._replace(signatures=signatures, gram_rows=rows, gram_hashes=table.hashes)
+    return chunk._replace(gram_rows=rows, gram_hashes=table.hashes)
 
 
 _NO_SIGNATURES = np.zeros((0, 0), dtype=np.uint32)
+_NO_KEYS = np.zeros((0, 0), dtype=np.uint64)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_HASHES = np.zeros(0, dtype=np.uint64)
 
 
 def chunks(
-    lines: Iterable[RawLine],
-    admission: Admission,
-    workers: int,
-    where: Path,
-    size: int | None = None,
+    reader: LineReader, admission: Admission, workers: int, where: Path, bands: int
 ) -> Iterator[Chunk]:
-    """Chunks of ``size`` (default ``CHUNK_LINES``) lines admitted in order, their spill files
-    in ``where``; with ``workers`` > 1 in worker processes, at most ``2 * workers`` chunks in
-    flight so the input is streamed."""
-    size = size or CHUNK_LINES
+    """The input's blocks (``reader.BLOCK_BYTES`` of whole lines) admitted in order, their
+    spill files in ``where``; with ``workers`` > 1 in worker processes, which split the lines
+    themselves (this process only cuts blocks and hashes them), at most ``2 * workers`` blocks
+    in flight so the input is streamed."""
+    cap = admission.cfg.read.max_line_bytes
     if workers <= 1:
-        for number, chunk in enumerate(batched(lines, size)):
-            yield admit_chunk(admission, number, chunk, where)
+        for number, block in enumerate(reader.blocks()):
+            yield admit_chunk(admission, number, block_lines(block, cap), where, bands)
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with context.Pool(workers, initializer=_start_worker, initargs=(admission.cfg,)) as pool:
         pending: deque[Any] = deque()
-        for number, chunk in enumerate(batched(lines, size)):
-            pending.append(pool.apply_async(_admit_in_worker, (number, chunk, where)))
+        for number, block in enumerate(reader.blocks()):
+            pending.append(pool.apply_async(_admit_in_worker, (number, block, where, bands)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
         while pending:
@@ -187,9 +186,10 @@ def _start_worker(config: CurateConfig) -> None:
     _worker_admission = Admission(config)
 
 
-def _admit_in_worker(number: int, chunk: list[RawLine], where: Path) -> Chunk:
+def _admit_in_worker(number: int, block: Block, where: Path, bands: int) -> Chunk:
     assert _worker_admission is not None
-    return admit_chunk(_worker_admission, number, chunk, where)
+    lines = block_lines(block, _worker_admission.cfg.read.max_line_bytes)
+    return admit_chunk(_worker_admission, number, lines, where, bands)
 
 
 def in_fork_available() -> bool:

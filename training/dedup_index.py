@@ -41,14 +41,17 @@ class CandidateIndex:
         if texts:
             self.add_signatures(text_signatures(texts, self.config))
 
-    def add_signatures(self, sigs: Signatures) -> None:
+    def add_signatures(self, sigs: Signatures, keys: npt.NDArray[np.uint64] | None = None) -> None:
+        """Index signatures; ``keys`` are their ``band_keys`` when the caller has them."""
         if not len(sigs):
             return
         if sigs.shape[1] != self.config.num_perm:
             raise ValueError(
                 f"signatures have {sigs.shape[1]} permutations, not {self.config.num_perm}"
             )
-        self._keys.append(band_keys(sigs, self.bands))
+        if keys is None or keys.shape != (len(sigs), self.bands):
+            keys = band_keys(sigs, self.bands)
+        self._keys.append(keys)
         if self._file is not None:
             self._file.write(np.ascontiguousarray(sigs, dtype=np.uint32).tobytes())
         else:

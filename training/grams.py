@@ -112,8 +112,9 @@ def _renumber(owner: I64, position: I64) -> I64:
     return np.arange(len(owner), dtype=np.int64) - np.repeat(first, counts)
 
 
-def gram_table(texts: Sequence[str], max_n: int) -> GramTable:
-    """The distinct word 1..``max_n``-grams of each text, hashed."""
+def gram_table(texts: Sequence[str], max_n: int, *, distinct: bool = True) -> GramTable:
+    """The distinct word 1..``max_n``-grams of each text, hashed (every occurrence, in text
+    order, with ``distinct=False``)."""
     if not 1 <= max_n <= MAX_N:
         raise ValueError(f"max_n must be 1..{MAX_N}, got {max_n}")
     words, owner, position = word_hashes(texts)
@@ -135,6 +136,8 @@ def gram_table(texts: Sequence[str], max_n: int) -> GramTable:
     all_hashes = np.concatenate(hashes)
     all_rows = np.concatenate(rows)
     all_starts = np.concatenate(starts)
+    if not distinct:
+        return GramTable(all_rows, all_hashes, all_starts, words, owner, position)
     # One key per (text, n-gram): keep one occurrence of each.
     keys = mix(all_hashes ^ all_rows.astype(np.uint64) * _ROW)
     first = one_of_each(keys)

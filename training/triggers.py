@@ -22,13 +22,14 @@ from pydantic import ConfigDict, Field, with_config
 
 from training.batched import batched
 from training.grams import I64, U64, add_counts, gram_size, gram_table, gram_text, mix
-from training.sortops import unique, unique_inverse
+from training.sortops import one_of_each, unique, unique_inverse
 
 # Texts hashed per batch in the candidates' pass.
 _BATCH = 4096
 # Hashes waiting to be merged into a class's counts; merging sorts, so it is done in bulk.
 _PENDING = 1 << 21
 _CLASS_SALT = np.uint64(0x9E3779B97F4A7C15)
+_BITMAP_BITS = 22
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -304,11 +305,15 @@ def detect_triggers(
     # Holders ranked by content id (then index): per candidate, its first ``flip_sample``
     # holders in that order are scored, whatever the input order was.
     order = holders.order
+    ranked_holders = np.array(sorted(range(len(order)), key=order.__getitem__), dtype=np.int64)
     rank = np.empty(len(order), dtype=np.int64)
-    rank[sorted(range(len(order)), key=order.__getitem__)] = np.arange(len(order))
-    by_gram = np.lexsort((rank[holder_ids], grams))
-    sorted_holders = holder_ids[by_gram]
-    bounds = np.searchsorted(grams[by_gram], np.arange(len(found_all) + 1)).tolist()
+    rank[ranked_holders] = np.arange(len(order))
+    # (candidate, holder rank) pairs are distinct, so one sort of them packed into an int64
+    # orders hits by candidate, then rank (a plain sort is several times a lexsort's speed).
+    shift = max(len(order).bit_length(), 1)
+    packed = np.sort((grams << shift) | rank[holder_ids])
+    sorted_holders = ranked_holders[packed & ((1 << shift) - 1)]
+    bounds = np.searchsorted(packed >> shift, np.arange(len(found_all) + 1)).tolist()
     found: list[Trigger] = []
     flagged: dict[int, str] = {}
     sample = stats.config.flip_sample
@@ -342,17 +347,27 @@ def _find_holders(
     )
     order = np.argsort(keys)
     sorted_keys = keys[order]
+    # A bitmap of the keys' top bits settles almost every probe in one lookup; only the few
+    # that hit it are binary-searched.
+    bitmap = np.zeros(1 << _BITMAP_BITS, dtype=bool)
+    bitmap[keys >> np.uint64(64 - _BITMAP_BITS)] = True
     found = _Holders()
     for batch in batched((r for r in records if r[2] in wanted), _BATCH):
         texts = [r[1] for r in batch]
-        table = gram_table(texts, stats.config.max_n)
+        # Every occurrence, not the distinct ones: distinct-ness is settled for the hits alone.
+        table = gram_table(texts, stats.config.max_n, distinct=False)
         row_class = np.array([classes[r[2]] for r in batch], dtype=np.int64)
         probe = _class_keys(table.hashes, row_class[table.rows])
-        at = np.minimum(np.searchsorted(sorted_keys, probe), len(sorted_keys) - 1)
-        hit = np.flatnonzero(sorted_keys[at] == probe)
+        maybe = np.flatnonzero(bitmap[probe >> np.uint64(64 - _BITMAP_BITS)])
+        at = np.minimum(np.searchsorted(sorted_keys, probe[maybe]), len(sorted_keys) - 1)
+        same = sorted_keys[at] == probe[maybe]
+        hit, at = maybe[same], at[same]
+        # One hit per (record, candidate), kept in the order the hits came.
+        firsts = np.sort(one_of_each(table.rows[hit] * len(keys) + order[at]))
+        hit, at = hit[firsts], at[firsts]
         if len(hit) == 0:
             continue
-        number = order[at[hit]]
+        number = order[at]
         rows = table.rows[hit]
         holder_rows = unique(rows)
         first_holder = len(found.order)

@@ -317,9 +317,10 @@ def test_parallel_workers_give_the_same_result(
     """Admission in two worker processes, over many small chunks (duplicates and near-duplicates
     across chunk borders, trigger search in a forked process), produces the same manifest,
     dataset and quarantine as one process."""
-    import training.curate_read
+    import training.reader
 
-    monkeypatch.setattr(training.curate_read, "CHUNK_LINES", 5)
+    # A few lines per block.
+    monkeypatch.setattr(training.reader, "BLOCK_BYTES", 600)
     lines = [line for _, line, _ in HOSTILE] + [rec(*g) for g in GOOD[1:]]
     lines += [rec(*GOOD[0])] * 2 + [rec(GOOD[1][0].upper(), *GOOD[1][1:])]
     raw = write_lines(tmp_path / "raw.jsonl", lines)
