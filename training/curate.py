@@ -26,7 +26,7 @@ import numpy as np
 from training import poison
 from training.curate_augment import run_augmentation
 from training.curate_config import CurateConfig
-from training.curate_read import Chunk, InFork, chunks, in_fork_available
+from training.curate_read import Chunk, InFork, chunks, in_fork_available, spill_schema
 from training.dedup import UnionFind, near_pairs, similarity_text
 from training.dedup_index import CandidateIndex
 from training.errors import TrainingError
@@ -35,6 +35,7 @@ from training.manifest import (
     DATASET,
     MANIFEST,
     QUARANTINE,
+    SPLITS,
     DatasetSink,
     build_manifest,
     promote,
@@ -58,6 +59,8 @@ from training.triggers import Trigger, TriggerStats, detect_triggers
 
 TriggerSearch = tuple[list[Trigger], dict[int, str], dict[str, int]]
 _ORDER = {code: i for i, code in enumerate(REASONS)}
+# Bytes per Arrow block when the final pass reads the spill.
+_ARROW_BLOCK = 1 << 22
 
 
 class Progress(Protocol):
@@ -335,16 +338,24 @@ class _Run:
         sink = DatasetSink(self.staging)
         late = self.staging / ".quarantine-late.jsonl"
         self.progress.stage("write", len(self.lines))
+        # Per spill row: the split it goes to, or -1 when it is quarantined.
+        where = np.full(len(self.lines), -1, dtype=np.int8)
+        for index, name in split.items():
+            where[index] = SPLITS.index(name)
+        # A spill row holds a raw line and its scrubbed turns, escaped: well under 8x the cap.
+        block = max(_ARROW_BLOCK, 8 * self.cfg.read.max_line_bytes + _ARROW_BLOCK)
         with QuarantineWriter(late) as writer:
-            for record in self.spill.rows():
-                index = record["i"]
-                if index in self.dup_of or index in removed:
-                    writer.write(self._quarantine_row(record))
-                else:
-                    sink.add_prepared(split[index], record["id"], record["turns"],
-                                      record["label"], record["source"], record["mj"],
-                                      record["h"])  # fmt: skip
-            self.progress.advance(len(self.lines))
+            first = 0
+            for batch in self.spill.batches(spill_schema(), block):
+                here = where[first : first + batch.num_rows]
+                for number, name in enumerate(SPLITS):
+                    sink.add_table(name, batch.filter(here == number))
+                out = np.flatnonzero(here < 0)
+                rows = batch.select(["raw"]).take(out).to_pylist()
+                for offset, row in zip(out.tolist(), rows, strict=True):
+                    writer.write(self._quarantine_row(first + offset, row["raw"]))
+                first += batch.num_rows
+                self.progress.advance(batch.num_rows)
         for row in synthetic:
             sink.add("train", *row)
         merge_by_line([early, late], self.staging / QUARANTINE)
@@ -374,8 +385,7 @@ class _Run:
         write_json_atomic(manifest, self.staging / MANIFEST)
         return manifest
 
-    def _quarantine_row(self, record: dict[str, Any]) -> QuarantineRow:
-        index = record["i"]
+    def _quarantine_row(self, index: int, raw: str) -> QuarantineRow:
         exact = index in self.dup_of
         twin = self.dup_of[index] if exact else self.pointer.get(index)
         reasons = ["exact_duplicate"] if exact else list(self.removed[index])
@@ -387,6 +397,6 @@ class _Run:
         twin_line = self.lines[twin] if twin is not None else None
         text = describe_reason(reasons[0], twin_line, detail)
         return QuarantineRow(
-            self.lines[index], record["raw"].encode(), tuple(reasons), None,
+            self.lines[index], raw.encode(), tuple(reasons), None,
             message_for(self.lines[index], None, text), duplicate_of=twin_line, detail=detail,
         )  # fmt: skip

@@ -84,6 +84,18 @@ def spill_row(a: Admitted) -> bytes:
     )
 
 
+def spill_schema() -> Any:
+    """The Arrow schema of ``spill_row``'s rows (for the final pass, which reads them in
+    batches); pyarrow is imported only when it is needed."""
+    import pyarrow as pa
+
+    string = pa.string()
+    turn = pa.struct([("role", string), ("content", string)])
+    names = ("line", "raw", "id", "turns", "label", "source", "mj", "h")
+    types = (pa.int64(), string, string, pa.list_(turn), string, string, string, string)
+    return pa.schema(list(zip(names, types, strict=True)))
+
+
 _SYSTEM_KEYS: dict[str, int] = {}
 
 

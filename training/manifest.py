@@ -175,6 +175,28 @@ class DatasetSink:
         if len(columns["id"]) >= _WRITE_BATCH:
             self._flush(split)
 
+    def add_table(self, split: str, rows: Any) -> None:
+        """Add rows given as an Arrow table or batch with the spill's columns (``id``,
+        ``turns``, ``label``, ``source``, ``mj``, ``h``; ``curate_read.SPILL_SCHEMA``), in
+        order: the final pass moves whole batches without making a Python object per row."""
+        import pyarrow as pa
+
+        if not rows.num_rows:
+            return
+        self._flush(split)
+        ids = rows.column("id").to_pylist()
+        labels = rows.column("label").to_pylist()
+        digests = rows.column("h").to_pylist()
+        arrays = [rows.column(name) for name in ("id", "turns", "label", "source", "mj")]
+        table = pa.Table.from_arrays(arrays, schema=self.features.arrow_schema)
+        self._writers[split].write_table(table)
+        self._hashes += [f"{split}\t{i}\t{d}\n" for i, d in zip(ids, digests, strict=True)]
+        self.counts[split] += len(ids)
+        counts = self.labels[split]
+        for label in labels:
+            key = label if label is not None else "<none>"
+            counts[key] = counts.get(key, 0) + 1
+
     def _flush(self, split: str) -> None:
         # Arrow arrays built from flat columns: converting a list of message dicts row by row
         # (``write_batch``) costs more than the rest of the final pass.

@@ -216,6 +216,16 @@ class Spill:
             self._handle.close()
             self._handle = None
 
+    def batches(self, schema: Any, block_bytes: int) -> Iterator[Any]:
+        """All rows as Arrow record batches with ``schema`` (parsed in C++, no Python object per
+        row); ``block_bytes`` must exceed the longest row."""
+        import pyarrow.json as pj
+
+        parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+        yield from pj.open_json(
+            self.path, read_options=pj.ReadOptions(block_size=block_bytes), parse_options=parse
+        )
+
     def rows(self, wanted: set[int] | None = None) -> Iterator[dict[str, Any]]:
         """All rows, or only those whose index is in ``wanted`` (the rest are not parsed)."""
         with self.path.open("rb") as handle:
