@@ -2,9 +2,10 @@
 shingles of the prompt, verified by exact Jaccard).
 
 Near-duplicate search runs in two steps so the whole corpus never needs pairwise work:
-1. ``dedup_index.CandidateIndex`` takes prompt signatures (rensa MinHash digests of numpy-hashed
-   shingles, computed where the records are admitted), keeps one key per LSH band in memory and
-   the signatures on disk, and at the end flags every row that shares a band with another.
+1. ``dedup_index.CandidateIndex`` takes prompt signatures (one-permutation MinHash of
+   numpy-hashed shingles, ``training.minhash``, computed where the records are admitted), keeps
+   one key per LSH band in memory and the signatures on disk, and at the end flags every row
+   that shares a band with another.
 2. ``near_pairs`` takes only the flagged rows' signatures, bands them in numpy and verifies each
    candidate pair near a threshold with the exact Jaccard of the shingle sets.
 
@@ -21,15 +22,14 @@ from collections.abc import Hashable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
 from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
-import rensa
 from pydantic import ConfigDict, Field, with_config
 
 from training.grams import mix
+from training.minhash import oph_signatures
 from training.sortops import unique
 
 U64 = npt.NDArray[np.uint64]
@@ -155,16 +155,8 @@ def choose_bands(num_perm: int, threshold: float, recall: float = 0.99) -> int:
 
 
 def signatures(hashes: U64, offsets: U64, config: NearDupConfig) -> npt.NDArray[np.uint32]:
-    """MinHash signatures (rensa), one row of ``num_perm`` uint32 per text."""
-    matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
-        hashes, offsets, config.num_perm, config.seed
-    )
-    rows = matrix.to_rows()
-    # fromiter over the flattened rows is about twice as fast as asarray on the nested lists.
-    flat = np.fromiter(
-        chain.from_iterable(rows), dtype=np.uint32, count=len(rows) * config.num_perm
-    )
-    return flat.reshape(len(rows), config.num_perm)
+    """MinHash signatures (``training.minhash``), one row of ``num_perm`` uint32 per text."""
+    return oph_signatures(hashes, offsets, config.num_perm, config.seed)
 
 
 def text_signatures(texts: Sequence[str], config: NearDupConfig) -> npt.NDArray[np.uint32]:

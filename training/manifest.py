@@ -37,7 +37,6 @@ _VERSIONED = (
     "pyarrow",
     "pydantic",
     "orjson",
-    "rensa",
     "numpy",
     "phonenumbers",
     "python-stdnum",
