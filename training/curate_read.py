@@ -124,8 +124,7 @@ def admit_chunk(
     prompts: list[bytes] = []
     similarity: list[str] = []
     keyed: list[int] = []
-    for raw in lines:
-        a = admission.line(raw)
+    for a in admission.lines(lines):
         if isinstance(a, QuarantineRow):
             chunk.rejects.append(a)
             continue

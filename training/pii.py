@@ -60,9 +60,10 @@ _SECRET_KEYWORD = re.compile(
     r"(?P<kw>(?i:bearer)\s+|(?i:password|passwd|api[_-]?key|secret[_-]?key|access[_-]?token)"
     r"\s*[:=]\s*[\"']?)(?!<[A-Z]+>)(?P<val>[A-Za-z0-9._~+/=!@#$%^&*-]{8,})"
 )
-# Every fixed-shape token is at least 16 characters without whitespace, private-key blocks start
-# with "-----BEGIN", and the keyword forms need "bearer" or a ':' or '='.
-_SECRET_MIN_TOKEN = 16
+# Every fixed-shape token is at least 15 characters without whitespace (Slack's "xoxb-" and 10),
+# private-key blocks start with "-----BEGIN", and the keyword forms need "bearer" or a ':' or '='.
+# ``pii_screen`` mirrors these guards.
+SECRET_MIN_TOKEN = 15
 _SECRET_KEYWORDS = ("passw", "key", "token")
 _DIGITS = "0123456789"
 _CACHE_ENTRIES = 16384
@@ -152,7 +153,7 @@ class Scrubber:
         on = self._on
         if "secret" in on:
             words = text.split()
-            if "-----BEGIN" in text or (words and max(map(len, words)) >= _SECRET_MIN_TOKEN):
+            if "-----BEGIN" in text or (words and max(map(len, words)) >= SECRET_MIN_TOKEN):
                 text = _sub_counted(_SECRET_SHAPES, text, counts, "secret", _always)
             if _maybe_keyword_secret(text):
                 text = _SECRET_KEYWORD.sub(lambda m: _keyword_repl(m, counts), text)

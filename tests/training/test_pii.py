@@ -31,6 +31,8 @@ from training.pii import PiiConfig, Scrubber, scrub_text
         ("tok ghp_" + "a1" * 18, "tok <SECRET>", "secret"),
         ("Authorization: Bearer abcdef1234567890abcd", "Authorization: Bearer <SECRET>", "secret"),
         ("password: hunter2hunter2", "password: <SECRET>", "secret"),
+        # The shortest token shape (15 characters) on its own, not only inside punctuation.
+        ("slack xoxb-1234567890 leaked", "slack <SECRET> leaked", "secret"),
     ],
 )
 def test_each_type_is_replaced_by_its_placeholder(text: str, expected: str, kind: str) -> None:
