@@ -342,11 +342,9 @@ class _Run:
         where = np.full(len(self.lines), -1, dtype=np.int8)
         for index, name in split.items():
             where[index] = SPLITS.index(name)
-        # A spill row holds a raw line and its scrubbed turns, escaped: well under 8x the cap.
-        block = max(_ARROW_BLOCK, 8 * self.cfg.read.max_line_bytes + _ARROW_BLOCK)
         with QuarantineWriter(late) as writer:
             first = 0
-            for batch in self.spill.batches(spill_schema(), block):
+            for batch in self.spill.batches(spill_schema(), _ARROW_BLOCK):
                 here = where[first : first + batch.num_rows]
                 for number, name in enumerate(SPLITS):
                     sink.add_table(name, batch.filter(here == number))
