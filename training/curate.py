@@ -248,12 +248,13 @@ class _Run:
         rows = [self.unique[k] for k in flagged]
         prompts = {r["i"]: r["s"] for r in self.prompts.rows(set(rows))}
         texts = self.golden_sims + [prompts[i] for i in rows]
-        sigs = self.index.signatures(list(range(g)) + [k + g for k in flagged])
+        at = list(range(g)) + [k + g for k in flagged]
+        sigs, keys = self.index.signatures(at), self.index.keys(at)
         order = [f"\0{case}" for case in (self.golden.ids if self.golden else ())]
         order += [f"{self.ids[i]}\t{self.labels[i] or ''}" for i in rows]
         union = UnionFind(len(rows))
         limits = [self.cfg.dedup.threshold] + ([self.cfg.leakage.threshold] if g else [])
-        pairs = near_pairs(texts, order, self.cfg.dedup, self.index.bands, limits, sigs)
+        pairs = near_pairs(texts, order, self.cfg.dedup, self.index.bands, limits, sigs, keys)
         for a, b, similarity in pairs:
             if b < g:
                 continue

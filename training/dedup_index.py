@@ -61,11 +61,22 @@ class CandidateIndex:
     def flags(self) -> npt.NDArray[np.bool_]:
         if not self._keys:
             return np.zeros(0, dtype=bool)
-        keys = np.concatenate(self._keys)
+        keys = self.keys()
         flagged = np.zeros(len(keys), dtype=bool)
         for band in range(keys.shape[1]):
             flagged |= repeated(keys[:, band])
         return flagged
+
+    def keys(
+        self, rows: npt.NDArray[np.int64] | Sequence[int] | None = None
+    ) -> npt.NDArray[np.uint64]:
+        """The band keys of index rows ``rows`` (all rows when None), in that order."""
+        if len(self._keys) != 1:
+            joined = (
+                np.concatenate(self._keys) if self._keys else np.zeros((0, self.bands), np.uint64)
+            )
+            self._keys = [joined]
+        return self._keys[0] if rows is None else self._keys[0][np.asarray(rows, dtype=np.int64)]
 
     def signatures(self, rows: npt.NDArray[np.int64] | Sequence[int]) -> Signatures:
         """The signatures of index rows ``rows``, in that order."""
