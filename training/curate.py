@@ -26,7 +26,7 @@ import numpy as np
 from training import poison
 from training.curate_augment import run_augmentation
 from training.curate_config import CurateConfig
-from training.curate_read import Chunk, InFork, chunks, in_fork_available, spill_schema
+from training.curate_read import Chunk, InFork, chunks, in_fork_available
 from training.dedup import UnionFind, near_pairs, similarity_text
 from training.dedup_index import CandidateIndex
 from training.errors import TrainingError
@@ -54,13 +54,12 @@ from training.quarantine import (
 )
 from training.reader import LineReader, Spill
 from training.schema import Admission
+from training.spill import ArrowSpill
 from training.teacher import Teacher
 from training.triggers import Trigger, TriggerStats, detect_triggers
 
 TriggerSearch = tuple[list[Trigger], dict[int, str], dict[str, int]]
 _ORDER = {code: i for i, code in enumerate(REASONS)}
-# Bytes per Arrow block when the final pass reads the spill.
-_ARROW_BLOCK = 1 << 22
 
 
 class Progress(Protocol):
@@ -124,7 +123,7 @@ class _Run:
         self.teacher = teacher
         self.progress = progress
         self.admission = Admission(config)
-        self.spill = Spill(staging / ".spill.jsonl")
+        self.spill = ArrowSpill(staging / ".spill.arrow")
         # Prompt similarity texts and answer keys of unique records, for the passes that need
         # nothing else (near-dup detail, triggers): small rows, cheap to re-read.
         self.prompts = Spill(staging / ".prompts.jsonl")
@@ -345,7 +344,7 @@ class _Run:
             where[index] = SPLITS.index(name)
         with QuarantineWriter(late) as writer:
             first = 0
-            for batch in self.spill.batches(spill_schema(), _ARROW_BLOCK):
+            for batch in self.spill.batches():
                 here = where[first : first + batch.num_rows]
                 for number, name in enumerate(SPLITS):
                     sink.add_table(name, batch.filter(here == number))

@@ -26,10 +26,10 @@ import orjson
 
 from training.dedup import band_keys, text_signatures
 from training.grams import gram_table
-from training.manifest import row_hash
 from training.quarantine import QuarantineRow
 from training.reader import Block, LineReader, RawLine, block_lines
 from training.schema import Admission, Admitted
+from training.spill import spill_batch, write_batch
 
 if TYPE_CHECKING:
     from training.curate_config import CurateConfig
@@ -64,38 +64,6 @@ class Chunk(NamedTuple):
         return len(self.rejects) + len(self.lines)
 
 
-def spill_row(a: Admitted) -> bytes:
-    """The spill row of an admitted record: what the final pass (dataset row, quarantine row)
-    and augmentation read back. Turns, metadata JSON and the row hash are made here, once."""
-    example = a.example
-    turns = [{"role": role, "content": content} for role, content in example.messages]
-    meta_json = orjson.dumps(example.metadata, option=orjson.OPT_SORT_KEYS).decode()
-    return orjson.dumps(
-        {
-            "line": a.line,
-            "raw": a.raw,
-            "id": a.id,
-            "turns": turns,
-            "label": example.label,
-            "source": example.source,
-            "mj": meta_json,
-            "h": row_hash(a.id, turns, example.label, example.source, meta_json),
-        }
-    )
-
-
-def spill_schema() -> Any:
-    """The Arrow schema of ``spill_row``'s rows (for the final pass, which reads them in
-    batches); pyarrow is imported only when it is needed."""
-    import pyarrow as pa
-
-    string = pa.string()
-    turn = pa.struct([("role", string), ("content", string)])
-    names = ("line", "raw", "id", "turns", "label", "source", "mj", "h")
-    types = (pa.int64(), string, string, pa.list_(turn), string, string, string, string)
-    return pa.schema(list(zip(names, types, strict=True)))
-
-
 _SYSTEM_KEYS: dict[str, int] = {}
 
 
@@ -120,7 +88,7 @@ def admit_chunk(
     name = where / f".chunk-{number:08d}"
     chunk = Chunk([], [], [], [], [], [], [], {}, {}, _NO_SIGNATURES, _NO_KEYS, _NO_ROWS,
                   _NO_HASHES, name.with_suffix(".spill"), name.with_suffix(".prompts"))  # fmt: skip
-    spill: list[bytes] = []
+    admitted: list[Admitted] = []
     prompts: list[bytes] = []
     similarity: list[str] = []
     keyed: list[int] = []
@@ -142,11 +110,11 @@ def admit_chunk(
         if a.pii:
             chunk.pii[row] = dict(a.pii)
         similarity.append(a.similarity)
-        spill.append(spill_row(a))
+        admitted.append(a)
         prompts.append(orjson.dumps({"k": a.answer_key, "s": a.similarity}))
         if a.answer_key is not None:
             keyed.append(row)
-    chunk.spill.write_bytes(b"".join(row + b"\n" for row in spill))
+    write_batch(spill_batch(admitted), chunk.spill)
     chunk.prompts.write_bytes(b"".join(row + b"\n" for row in prompts))
     signatures = text_signatures(similarity, cfg.dedup)
     chunk = chunk._replace(signatures=signatures, band_keys=band_keys(signatures, bands))

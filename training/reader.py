@@ -216,30 +216,6 @@ class Spill:
             self._handle.close()
             self._handle = None
 
-    def batches(self, schema: Any, block_bytes: int) -> Iterator[Any]:
-        """All rows as Arrow tables with ``schema``, about ``block_bytes`` of rows each, parsed
-        in C++ (no Python object per row). The file is cut into whole rows here and each piece
-        parsed on its own: pyarrow's streaming JSON reader buffered ahead without bound (memory
-        grew with the file's size)."""
-        import pyarrow as pa
-        import pyarrow.json as pj
-
-        parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
-        with self.path.open("rb") as handle:
-            pending = b""
-            while True:
-                data = handle.read(block_bytes)
-                pending += data
-                cut = pending.rfind(b"\n") + 1 if data else len(pending)
-                if cut:
-                    piece, pending = pending[:cut], pending[cut:]
-                    # One block per piece, so no row can straddle two.
-                    options = pj.ReadOptions(block_size=len(piece) + 1, use_threads=False)
-                    yield pj.read_json(pa.BufferReader(piece), read_options=options,
-                                       parse_options=parse)  # fmt: skip
-                if not data:
-                    return
-
     def rows(self, wanted: set[int] | None = None) -> Iterator[dict[str, Any]]:
         """All rows, or only those whose index is in ``wanted`` (the rest are not parsed)."""
         with self.path.open("rb") as handle:
