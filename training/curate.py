@@ -195,51 +195,49 @@ class _Run:
             rejects.write(reject)
         self.spill.append_file(chunk.spill)
         self.prompts.append_file(chunk.prompts)
-        labels_before = self.stats["labels_before"]
+        self.stats["labels_before"].update([label or "<none>" for label in chunk.labels])
         for counts in chunk.pii.values():
             self.stats["pii_records"] += 1
             self.stats["pii"].update(counts)
-        triggers = self.triggers
-        # The class of each row counted for trigger detection (-1: a duplicate, no answer key,
-        # or an answer past the class cap), so the chunk's n-grams are added for those only.
-        classes = np.full(len(chunk.lines), -1, dtype=np.int64)
+        # Columns are taken whole; exact duplicates (found below) are then blanked, since only
+        # unique records are looked up by index later.
         first = len(self.lines)
         self.lines += chunk.lines
+        self.keys += chunk.keys
+        self.system += chunk.systems
+        self.labels += chunk.labels
+        self.tags += chunk.tags
+        self.ids += chunk.ids
+        seen = self.seen
         unique_rows: list[int] = []
-        for row, (row_id, label, key) in enumerate(
-            zip(chunk.ids, chunk.labels, chunk.keys, strict=True)
-        ):
+        for row, pair in enumerate(zip(chunk.ids, chunk.labels, strict=True)):
             index = first + row
-            labels_before[label or "<none>"] += 1
-            twin = self.seen.get((row_id, label))
-            if twin is not None:
-                self.dup_of[index] = twin
-                self.keys.append(None)
-                self.labels.append(None)
-                self.ids.append("")
-                self.system.append(0)
-                self.tags.append(())
+            twin = seen.get(pair)
+            if twin is None:
+                seen[pair] = index
+                unique_rows.append(row)
                 continue
-            self.seen[(row_id, label)] = index
-            self.keys.append(key)
-            self.system.append(chunk.systems[row])
-            self.labels.append(label)
-            self.tags.append(chunk.tags[row])
-            self.ids.append(row_id)
-            self.unique.append(index)
-            if row in chunk.flags:
-                self.flags[index] = chunk.flags[row]
-            if key is not None:
-                number = triggers.count(key)
-                if number is not None:
-                    classes[row] = number
-            unique_rows.append(row)
+            self.dup_of[index] = twin
+            self.keys[index] = self.labels[index] = None
+            self.ids[index] = ""
+            self.system[index] = 0
+            self.tags[index] = ()
+        self.unique += [first + row for row in unique_rows]
+        for row, flags in chunk.flags.items():
+            if first + row not in self.dup_of:
+                self.flags[first + row] = flags
+        # The class of each row counted for trigger detection (-1: a duplicate, no answer key,
+        # or an answer past the class cap), so the chunk's n-grams are added for those only.
+        keyed = [row for row in unique_rows if chunk.keys[row] is not None]
+        classes = np.full(len(chunk.lines), -1, dtype=np.int64)
+        numbers = self.triggers.count_all([chunk.keys[row] or "" for row in keyed])
+        classes[np.asarray(keyed, dtype=np.int64)] = numbers
         unique_at = np.asarray(unique_rows, dtype=np.int64)
         self.index.add_signatures(chunk.signatures[unique_at], chunk.band_keys[unique_at])
         if len(chunk.gram_rows):
             owner = classes[chunk.gram_rows]
             counted = owner >= 0
-            triggers.add_grams(owner[counted], chunk.gram_hashes[counted])
+            self.triggers.add_grams(owner[counted], chunk.gram_hashes[counted])
 
     def _near_duplicates(self) -> None:
         g = self.golden_n

@@ -103,6 +103,20 @@ class TriggerStats:
         self.class_docs[key] += 1
         return number
 
+    def count_all(self, keys: Sequence[str]) -> list[int]:
+        """``count`` for many prompts at once (classes still numbered in first-seen order);
+        -1 for those the class cap leaves out."""
+        seen = Counter(keys)
+        for key in seen:
+            if key not in self.classes and len(self.classes) < self.config.max_classes:
+                self.classes[key] = len(self.classes)
+                self._counts.append((np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)))
+                self._pending.append([])
+        counted = {key: n for key, n in seen.items() if key in self.classes}
+        self.docs += sum(counted.values())
+        self.class_docs.update(counted)
+        return [self.classes.get(key, -1) for key in keys]
+
     def add_grams(self, classes: I64, hashes: U64) -> None:
         """Add the distinct n-grams of counted prompts: ``hashes[j]`` is held by a prompt of
         class ``classes[j]`` (each prompt's n-grams once)."""

@@ -136,3 +136,15 @@ def test_duplicate_prompts_add_like_separate_ones(words: list[str], data: st.Dat
         bulk.add(prompt, "x")
     (h1, c1), (h2, c2) = one.counts()[0], bulk.counts()[0]
     assert np.array_equal(h1, h2) and np.array_equal(c1, c2)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcdefg"), max_size=12), max_size=5), st.integers(2, 4))
+def test_counting_in_bulk_equals_counting_one_by_one(batches: list[list[str]], cap: int) -> None:
+    """``count_all`` numbers classes in first-seen order and stops at the class cap exactly as
+    one ``count`` per prompt does."""
+    one, bulk = (TriggerStats(TriggerConfig(max_classes=cap)) for _ in range(2))
+    for keys in batches:
+        expected = [n if (n := one.count(k)) is not None else -1 for k in keys]
+        assert bulk.count_all(keys) == expected
+    assert (bulk.classes, bulk.docs, bulk.class_docs) == (one.classes, one.docs, one.class_docs)
