@@ -1,6 +1,6 @@
 """Curation throughput: our pipeline vs a naive baseline on the same synthetic corpus.
 
-    python bench/bench_curate.py [--records 100000] [--repeat 1] [--keep DIR]
+    python bench/bench_curate.py [--records 100000] [--repeat 1] [--keep DIR] [--compare TREE]
 
 The corpus (seeded): ticket-routing records with 10% duplicates (exact, re-cased, re-spaced, one
 word changed), 5% carrying PII (email, phone, card, IBAN, IP, API key) and 5% malformed (bad JSON,
@@ -292,6 +292,9 @@ def main() -> None:
     parser.add_argument(
         "--workers", default="1,2", help="our pipeline's worker counts to run (comma-separated)"
     )
+    parser.add_argument(
+        "--compare", type=Path, help="another checkout (an older commit) to run in turn with this"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -308,22 +311,46 @@ def main() -> None:
     print(f"corpus: {args.records} records, {size_mb:.1f} MB, {cpus} CPUs available")
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     sides = ["naive", *(f"ours-{n}" for n in args.workers.split(","))]
-    results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    # With --compare, each side runs in this tree and then in the other, round after round, so
+    # both see the same machine (its speed drifts by a third within minutes).
+    trees = {"this": ROOT, **({"compare": args.compare.resolve()} if args.compare else {})}
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for attempt in range(args.repeat):
         for which in sides:
-            out = work / f"{which}-{attempt}"
-            command = [sys.executable, __file__, "--child", which, "--corpus", str(corpus),
-                       "--out", str(out)]  # fmt: skip
-            done = subprocess.run(command, check=True, capture_output=True, text=True)
-            results[which].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            for name, tree in trees.items():
+                out = work / f"{name}-{which}-{attempt}"
+                command = [sys.executable, str(tree / "bench" / "bench_curate.py"), "--child",
+                           which, "--corpus", str(corpus), "--out", str(out)]  # fmt: skip
+                done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=tree)
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                results.setdefault((name, which), []).append(result)
     print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    for name in trees:
+        if len(trees) > 1:
+            print(f"--- {name} tree ({trees[name]})")
+        _report(args.records, sides, {w: results[(name, w)] for w in sides})
+    if len(trees) > 1:
+        for which in sides[1:]:
+            rounds = [b["seconds"] / a["seconds"] for a, b in zip(
+                results[("this", which)], results[("compare", which)], strict=True)]  # fmt: skip
+            print(f"this / compare, {which}: records/s {' '.join(f'{r:.2f}x' for r in rounds)} "
+                  "per round")  # fmt: skip
+    manifest = json.loads((work / f"this-{sides[-1]}-0" / "manifest.json").read_text())
+    print("ours counts:", json.dumps(manifest["counts"]))
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(records: int, sides: list[str], results: dict[str, list[dict[str, float]]]) -> None:
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in results.items()}
     for which in sides:
         label = "naive baseline" if which == "naive" else f"qlgate {which.split('-')[1]} worker(s)"
         r = best[which]
-        rate = args.records / r["seconds"]
-        cpu_us = 1e6 * r["cpu"] / args.records
-        per_record = 1024 * 1024 * r["peak_mib"] / args.records
+        rate = records / r["seconds"]
+        cpu_us = 1e6 * r["cpu"] / records
+        per_record = 1024 * 1024 * r["peak_mib"] / records
         print(f"{label:20} {r['seconds']:7.2f} s  {rate:9,.0f} records/s  "
               f"CPU {cpu_us:6.1f} us/record  peak RSS {r['peak_mib']:6.0f} MiB "
               f"({per_record:,.0f} B/record), workers {r['worker_peak_mib']:.0f} MiB")  # fmt: skip
@@ -331,12 +358,6 @@ def main() -> None:
         ratio = best["naive"]["seconds"] / best[which]["seconds"]
         cpu_ratio = best["naive"]["cpu"] / best[which]["cpu"]
         print(f"ratio {which} / naive: records/s {ratio:.2f}x, CPU per record {1 / cpu_ratio:.2f}x")
-    manifest = json.loads((work / f"{sides[-1]}-0" / "manifest.json").read_text())
-    print("ours counts:", json.dumps(manifest["counts"]))
-    if not args.keep:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

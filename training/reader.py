@@ -196,9 +196,10 @@ def _json_kind(value: object) -> str:
 
 
 class Spill:
-    """Admitted records parked on disk between passes, one JSON object per line in admission
-    order, so a row's position is its record index. Rows arrive whole chunk files at a time
-    (written by the admission workers); ``rows`` adds the index as ``"i"``."""
+    """Small per-record rows parked on disk between passes (the prompts' similarity texts and
+    answer keys; the records themselves go to ``spill.ArrowSpill``), one JSON object per line in
+    admission order, so a row's position is its record index. Rows arrive whole chunk files at a
+    time (written by the admission workers); ``rows`` adds the index as ``"i"``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
