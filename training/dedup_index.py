@@ -49,8 +49,10 @@ class CandidateIndex:
             raise ValueError(
                 f"signatures have {sigs.shape[1]} permutations, not {self.config.num_perm}"
             )
-        if keys is None or keys.shape != (len(sigs), self.bands):
+        if keys is None:
             keys = band_keys(sigs, self.bands)
+        elif keys.shape != (len(sigs), self.bands):
+            raise ValueError(f"band keys have shape {keys.shape}, not {(len(sigs), self.bands)}")
         self._keys.append(keys)
         if self._file is not None:
             self._file.write(np.ascontiguousarray(sigs, dtype=np.uint32).tobytes())

@@ -167,28 +167,33 @@ class DatasetSink:
         columns["label"].append(label)
         columns["source"].append(source)
         columns["metadata"].append(meta_json)
-        self._hashes.append(f"{split}\t{row_id}\t{digest}\n")
-        self.counts[split] += 1
-        key = label if label is not None else "<none>"
-        self.labels[split][key] = self.labels[split].get(key, 0) + 1
+        self._account(split, [row_id], [label], [digest])
         if len(columns["id"]) >= _WRITE_BATCH:
             self._flush(split)
 
     def add_table(self, split: str, rows: Any) -> None:
         """Add rows given as an Arrow table or batch with the spill's columns (``id``,
-        ``turns``, ``label``, ``source``, ``mj``, ``h``; ``curate_read.SPILL_SCHEMA``), in
-        order: the final pass moves whole batches without making a Python object per row."""
+        ``turns``, ``label``, ``source``, ``mj``, ``h``; ``spill.spill_schema``), in order: the
+        final pass moves whole batches without making a Python object per row."""
         import pyarrow as pa
 
         if not rows.num_rows:
             return
         self._flush(split)
-        ids = rows.column("id").to_pylist()
-        labels = rows.column("label").to_pylist()
-        digests = rows.column("h").to_pylist()
         arrays = [rows.column(name) for name in ("id", "turns", "label", "source", "mj")]
         table = pa.Table.from_arrays(arrays, schema=self.features.arrow_schema)
         self._writers[split].write_table(table)
+        self._account(
+            split,
+            rows.column("id").to_pylist(),
+            rows.column("label").to_pylist(),
+            rows.column("h").to_pylist(),
+        )
+
+    def _account(
+        self, split: str, ids: Sequence[str], labels: Sequence[str | None], digests: Sequence[str]
+    ) -> None:
+        """Count rows per split and label and keep their content-hash lines."""
         self._hashes += [f"{split}\t{i}\t{d}\n" for i, d in zip(ids, digests, strict=True)]
         self.counts[split] += len(ids)
         counts = self.labels[split]

@@ -86,6 +86,8 @@ _PHONE = re.compile(r"(?<![0-9A-Za-z+])(?:\+|\b00)?\(?[0-9][0-9 ().\-/]{5,22}[0-
 # Every digit-bearing type (SSN, card, phone, IPv4, IBAN account part) has a run of at least
 # seven digits and separators; text without one skips those patterns entirely.
 _DIGIT_RUN = re.compile(r"[0-9][0-9 ().\-/]{5,}[0-9]")
+# SSN, card, phone and IBAN also need this many digits in the text (``pii_screen`` mirrors it).
+DIGIT_GUARD = 7
 _SPACE = re.compile(r"( )")
 _SPACE_OR_DASH = re.compile(r"([ -])")
 
@@ -168,7 +170,7 @@ class Scrubber:
             return text
         if "ip" in on and any(digit + "." in text for digit in _DIGITS):
             text = _sub_counted(_IPV4, text, counts, "ip", _is_ipv4)
-        if digits < 7 or _DIGIT_RUN.search(text) is None:
+        if digits < DIGIT_GUARD or _DIGIT_RUN.search(text) is None:
             return text
         if "iban" in on:
             text = _sub_windows(_IBAN, _SPACE, text, counts, "iban", _is_iban)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from training.pii import SECRET_MIN_TOKEN
+from training.pii import DIGIT_GUARD, SECRET_MIN_TOKEN
 
 Codes = npt.NDArray[np.uint8]
 Mask = npt.NDArray[np.bool_]
@@ -33,7 +33,6 @@ _SEPARATOR = "\n"
 _PAD = 16
 
 # Mirrors of the guards in ``training.pii`` (see ``Scrubber._scrub_once``).
-_DIGIT_GUARD = 7
 # ``_IPV4`` needs three "digit.digit" joints, which prices ("12.50") and versions ("1.2.3") lack;
 # the scrubber's own guard (any digit before a dot) would flag every price.
 _IPV4_JOINTS = 3
@@ -111,7 +110,7 @@ def needs_scrub(texts: Sequence[str]) -> Mask:
     whose = np.searchsorted(ends, where)
     alone = [whose[_ALONE[what]]]
 
-    # A word of 16 or more characters: every fixed secret shape is at least that long.
+    # A word of SECRET_MIN_TOKEN or more characters: every fixed secret shape is that long.
     words = _runs(np.greater(codes, 32, out=first), second, SECRET_MIN_TOKEN)
     alone.append(np.searchsorted(ends, np.flatnonzero(words)))
 
@@ -150,7 +149,7 @@ def needs_scrub(texts: Sequence[str]) -> Mask:
     joints = (codes[digits + 1] == ord(".")) & _DIGIT[codes[digits + 2]]  # IPv4
     flagged |= per_text(digit_owners[joints]) >= _IPV4_JOINTS
     # IBAN, SSN, card and phone: at least seven digits in the text and a digit run.
-    guarded = per_text(digit_owners)[digit_owners] >= _DIGIT_GUARD
+    guarded = per_text(digit_owners)[digit_owners] >= DIGIT_GUARD
     run_starts = digits[guarded]
     runs = _RUN[codes[run_starts[:, np.newaxis] + _RUN_OFFSETS]].all(axis=1)
     flagged[digit_owners[guarded][runs]] = True

@@ -92,16 +92,8 @@ class TriggerStats:
         """Count one prompt of answer ``key`` and return its class (``add_grams`` adds its
         n-grams); None when the class cap leaves the answer out. The first ``max_classes``
         answers seen are the classes, so a class is in or out for the whole run."""
-        number = self.classes.get(key)
-        if number is None:
-            if len(self.classes) >= self.config.max_classes:
-                return None
-            number = self.classes[key] = len(self.classes)
-            self._counts.append((np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)))
-            self._pending.append([])
-        self.docs += 1
-        self.class_docs[key] += 1
-        return number
+        number = self.count_all([key])[0]
+        return None if number < 0 else number
 
     def count_all(self, keys: Sequence[str]) -> list[int]:
         """``count`` for many prompts at once (classes still numbered in first-seen order);
