@@ -63,20 +63,21 @@ def _handler(script: Script) -> type[BaseHTTPRequestHandler]:
                 script.inflight += 1
                 script.peak = max(script.peak, script.inflight)
                 script.auth.append(self.headers.get("Authorization"))
-            try:
-                time.sleep(script.delay)
-                if call <= script.fail:
-                    self._send(script.status, {"error": "scripted"}, {"Retry-After": "0"})
-                elif self.path.endswith("/chat/completions"):
-                    answer = {"choices": [{"message": {"content": script.text}}],
-                              "usage": {"prompt_tokens": 7, "completion_tokens": 2},
-                              "model": body["model"]}  # fmt: skip
-                    self._send(200, answer)
-                else:  # no /tokenize here: like a plain OpenAI-compatible server
-                    self._send(404, {"error": "not found"})
-            finally:
-                with script.lock:
-                    script.inflight -= 1
+            time.sleep(script.delay)
+            # Leave the in-flight count before answering: once the answer is written the client
+            # may start its next request, and this thread decrementing after that would count a
+            # finished request as still in flight (CI saw a phantom peak of 3 at concurrency 2).
+            with script.lock:
+                script.inflight -= 1
+            if call <= script.fail:
+                self._send(script.status, {"error": "scripted"}, {"Retry-After": "0"})
+            elif self.path.endswith("/chat/completions"):
+                answer = {"choices": [{"message": {"content": script.text}}],
+                          "usage": {"prompt_tokens": 7, "completion_tokens": 2},
+                          "model": body["model"]}  # fmt: skip
+                self._send(200, answer)
+            else:  # no /tokenize here: like a plain OpenAI-compatible server
+                self._send(404, {"error": "not found"})
 
         def _send(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(obj).encode()
