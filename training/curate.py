@@ -52,9 +52,9 @@ from training.quarantine import (
     merge_by_line,
     message_for,
 )
-from training.reader import LineReader, Spill
+from training.reader import LineReader
 from training.schema import Admission
-from training.spill import ArrowSpill
+from training.spill import ArrowSpill, prompt_schema
 from training.teacher import Teacher
 from training.triggers import Trigger, TriggerStats, detect_triggers
 
@@ -126,7 +126,7 @@ class _Run:
         self.spill = ArrowSpill(staging / ".spill.arrow")
         # Prompt similarity texts and answer keys of unique records, for the passes that need
         # nothing else (near-dup detail, triggers): small rows, cheap to re-read.
-        self.prompts = Spill(staging / ".prompts.jsonl")
+        self.prompts = ArrowSpill(staging / ".prompts.arrow", prompt_schema())
         self.golden_n = len(golden.texts) if golden else 0
         thresholds = [config.dedup.threshold] + ([config.leakage.threshold] if golden else [])
         self.signatures = staging / ".signatures.u32"
@@ -308,11 +308,14 @@ class _Run:
                     self._flag([index], reason, policies[reason], match=snippet)
 
     def _search_triggers(self) -> TriggerSearch:
-        def records() -> Iterator[tuple[int, str, str, str]]:
-            for record in self.prompts.rows():
-                index = record["i"]
-                if record["k"] is not None and index not in self.dup_of:
-                    yield index, record["s"], record["k"], self.ids[index]
+        def records() -> Iterator[list[tuple[int, str, str, str]]]:
+            # A batch per spill batch; exact duplicates' keys were blanked when they were found.
+            keys, ids, first = self.keys, self.ids, 0
+            for (texts,) in self.prompts.columns("s"):
+                end = first + len(texts)
+                rows = zip(range(first, end), texts, keys[first:end], strict=True)
+                yield [(i, text, key, ids[i]) for i, text, key in rows if key is not None]
+                first = end
 
         return detect_triggers(self.triggers, records)
 

@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
 from training.dedup import band_keys, text_signatures
 from training.grams import gram_table
 from training.quarantine import QuarantineRow
 from training.reader import Block, LineReader, RawLine, block_lines
 from training.schema import Admission, Admitted
-from training.spill import spill_batch, write_batch
+from training.spill import prompt_batch, spill_batch, write_batch
 
 if TYPE_CHECKING:
     from training.curate_config import CurateConfig
@@ -89,7 +88,6 @@ def admit_chunk(
     chunk = Chunk([], [], [], [], [], [], [], {}, {}, _NO_SIGNATURES, _NO_KEYS, _NO_ROWS,
                   _NO_HASHES, name.with_suffix(".spill"), name.with_suffix(".prompts"))  # fmt: skip
     admitted: list[Admitted] = []
-    prompts: list[bytes] = []
     similarity: list[str] = []
     keyed: list[int] = []
     for a in admission.lines(lines):
@@ -111,11 +109,10 @@ def admit_chunk(
             chunk.pii[row] = dict(a.pii)
         similarity.append(a.similarity)
         admitted.append(a)
-        prompts.append(orjson.dumps({"k": a.answer_key, "s": a.similarity}))
         if a.answer_key is not None:
             keyed.append(row)
     write_batch(spill_batch(admitted), chunk.spill)
-    chunk.prompts.write_bytes(b"".join(row + b"\n" for row in prompts))
+    write_batch(prompt_batch(chunk.keys, similarity), chunk.prompts)
     signatures = text_signatures(similarity, cfg.dedup)
     chunk = chunk._replace(signatures=signatures, band_keys=band_keys(signatures, bands))
     if not count_grams or not keyed:

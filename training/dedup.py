@@ -41,6 +41,7 @@ _ALL_PAIRS_MAX = 32
 # deviations of a 128-permutation estimate).
 _EXACT_MARGIN = 0.1
 _SIGNATURE_BATCH = 4096
+_ESTIMATE_BATCH = 1024
 _BASE = np.uint64(1_000_003)
 
 
@@ -202,14 +203,17 @@ def candidate_pairs(
     bucket's smallest ``order_keys`` member only, so the result never depends on row order.
     ``keys`` are the rows' ``band_keys`` when the caller has them."""
     n = len(sigs)
-    rank = np.empty(n, dtype=np.int64)
-    rank[np.argsort(np.asarray(order_keys, dtype=object), kind="stable")] = np.arange(n)
+    # Python's sort of the keys: three times numpy's argsort of an object array.
+    by_rank = np.array(sorted(range(n), key=list(order_keys).__getitem__), dtype=np.int64)
     all_keys = band_keys(sigs, bands) if keys is None else keys
+    # Rows laid out in rank order once, so each band needs one stable sort by key where a
+    # lexsort by (key, rank) makes two.
+    ranked_keys = np.ascontiguousarray(all_keys[by_rank].T)
     found: list[npt.NDArray[np.int64]] = []
     for band in range(bands):
-        keys = all_keys[:, band]
-        order = np.lexsort((rank, keys))
-        sorted_keys = keys[order]
+        column = ranked_keys[band]
+        local = np.argsort(column, kind="stable")
+        order, sorted_keys = by_rank[local], column[local]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         sizes = np.diff(np.r_[starts, n])
         # Buckets of one size become pairs in one vectorised step per size.
@@ -219,7 +223,7 @@ def candidate_pairs(
             found.append(np.stack([members[:, i].ravel(), members[:, j].ravel()], axis=1))
         big = sizes > _ALL_PAIRS_MAX
         if big.any():
-            # The smallest order key (lexsort put it first) anchors the rest of its bucket.
+            # The smallest order key (the stable sort put it first) anchors the rest of its bucket.
             big_starts, big_sizes = starts[big], sizes[big]
             anchors = np.repeat(order[big_starts], big_sizes - 1)
             offsets = np.arange(int((big_sizes - 1).sum())) - np.repeat(
@@ -306,10 +310,13 @@ def near_pairs(
     pairs = candidate_pairs(sigs, order_keys, bands, keys)
     if not len(pairs):
         return []
-    estimate = np.empty(len(pairs))
-    for start in range(0, len(pairs), 16384):
-        chunk = pairs[start : start + 16384]
-        estimate[start : start + len(chunk)] = (sigs[chunk[:, 0]] == sigs[chunk[:, 1]]).mean(axis=1)
+    agree = np.empty(len(pairs), dtype=np.int64)
+    # Small slices keep the gathered signature rows in cache (about twice as fast as 16k).
+    for start in range(0, len(pairs), _ESTIMATE_BATCH):
+        chunk = pairs[start : start + _ESTIMATE_BATCH]
+        same = sigs[chunk[:, 0]] == sigs[chunk[:, 1]]
+        agree[start : start + len(chunk)] = np.count_nonzero(same, axis=1)
+    estimate = agree / sigs.shape[1]
     lowest = min(thresholds)
     close = np.zeros(len(pairs), dtype=bool)
     for threshold in thresholds:

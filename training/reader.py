@@ -10,7 +10,6 @@ UTF-8 itself, so only lines it rejects pay for a second look.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ _SKIP_CHUNK = 1 << 20
 _TAIL_BYTES = 64
 # Bytes of whole lines per block handed to a worker: about 2,000 records of 500 bytes.
 BLOCK_BYTES = 1 << 20
-_COPY_CHUNK = 1 << 20
 
 
 class RawLine(NamedTuple):
@@ -193,36 +191,3 @@ def _json_kind(value: object) -> str:
     if value is None:
         return "null"
     return "number"
-
-
-class Spill:
-    """Small per-record rows parked on disk between passes (the prompts' similarity texts and
-    answer keys; the records themselves go to ``spill.ArrowSpill``), one JSON object per line in
-    admission order, so a row's position is its record index. Rows arrive whole chunk files at a
-    time (written by the admission workers); ``rows`` adds the index as ``"i"``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle: BinaryIO | None = path.open("wb")
-
-    def append_file(self, part: Path) -> None:
-        """Move the rows of ``part`` (a chunk's rows, in order) to the end of the spill."""
-        assert self._handle is not None, "spill is closed"
-        with part.open("rb") as source:
-            shutil.copyfileobj(source, self._handle, _COPY_CHUNK)
-        part.unlink()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-    def rows(self, wanted: set[int] | None = None) -> Iterator[dict[str, Any]]:
-        """All rows, or only those whose index is in ``wanted`` (the rest are not parsed)."""
-        with self.path.open("rb") as handle:
-            for index, line in enumerate(handle):
-                if wanted is not None and index not in wanted:
-                    continue
-                row = orjson.loads(line)
-                row["i"] = index
-                yield row

@@ -70,6 +70,25 @@ def spill_batch(admitted: Sequence[Admitted]) -> Any:
     return pa.RecordBatch.from_arrays([arrays[name] for name in FIELDS], schema=schema)
 
 
+PROMPT_FIELDS = ("k", "s")
+
+
+def prompt_schema() -> Any:
+    """The prompts' spill, per admitted record: its answer key (null when free-form) and the
+    similarity text of its prompt, which the near-duplicate, trigger and augmentation passes
+    read back without touching the records themselves."""
+    import pyarrow as pa
+
+    return pa.schema([(name, pa.string()) for name in PROMPT_FIELDS])
+
+
+def prompt_batch(keys: Sequence[str | None], similarity: Sequence[str]) -> Any:
+    import pyarrow as pa
+
+    arrays = [pa.array(keys, pa.string()), pa.array(similarity, pa.string())]
+    return pa.RecordBatch.from_arrays(arrays, schema=prompt_schema())
+
+
 def write_batch(batch: Any, path: Path) -> None:
     """One batch as an Arrow IPC stream file (a chunk's part of the spill)."""
     import pyarrow as pa
@@ -79,15 +98,16 @@ def write_batch(batch: Any, path: Path) -> None:
 
 
 class ArrowSpill:
-    """Admitted records parked on disk between passes, in admission order, so a row's position
-    is its record index. Parts arrive whole chunk files at a time (from ``write_batch``)."""
+    """Rows parked on disk between passes, one per admitted record in admission order, so a
+    row's position is its record index: the records (``spill_schema``, the default) or their
+    prompts (``prompt_schema``). Parts arrive whole chunk files at a time (``write_batch``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, schema: Any = None) -> None:
         import pyarrow as pa
 
         self.path = path
         self._sink: Any = pa.OSFile(str(path), "wb")
-        self._writer: Any = pa.ipc.new_stream(self._sink, spill_schema())
+        self._writer: Any = pa.ipc.new_stream(self._sink, schema or spill_schema())
 
     def append_file(self, part: Path) -> None:
         """Move the batches of ``part`` to the end of the spill."""
@@ -113,6 +133,11 @@ class ArrowSpill:
         # memory for the whole spill.
         with pa.OSFile(str(self.path), "rb") as source:
             yield from pa.ipc.open_stream(source)
+
+    def columns(self, *names: str) -> Iterator[tuple[list[Any], ...]]:
+        """Batch by batch, the named columns as Python lists (all rows, in order)."""
+        for batch in self.batches():
+            yield tuple(batch.column(name).to_pylist() for name in names)
 
     def rows(self, wanted: set[int]) -> Iterator[dict[str, Any]]:
         """The rows whose index is in ``wanted``, in order, as dicts with the index as ``"i"``

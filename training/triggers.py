@@ -20,12 +20,9 @@ from typing import Annotated, NamedTuple
 import numpy as np
 from pydantic import ConfigDict, Field, with_config
 
-from training.batched import batched
 from training.grams import I64, U64, add_counts, gram_size, gram_table, gram_text, mix
 from training.sortops import one_of_each, unique, unique_inverse
 
-# Texts hashed per batch in the candidates' pass.
-_BATCH = 4096
 # Hashes waiting to be merged into a class's counts; merging sorts, so it is done in bulk.
 _PENDING = 1 << 21
 _CLASS_SALT = np.uint64(0x9E3779B97F4A7C15)
@@ -288,13 +285,14 @@ class _Holders:
 
 
 def detect_triggers(
-    stats: TriggerStats, records: Callable[[], Iterable[Record]]
+    stats: TriggerStats, records: Callable[[], Iterable[Sequence[Record]]]
 ) -> tuple[list[Trigger], dict[int, str], dict[str, int]]:
     """Triggers, the records they flag (index -> n-gram), and how many candidates there were
-    and were tested. ``records`` yields ``(index, similarity text, answer key, content id)``
-    for the records ``stats`` counted; it is only called when some n-gram is a candidate, so
-    clean data costs no extra pass. Candidates are ranked by purity, support, then text, and
-    flip tests score holders in content-id order (input order plays no part)."""
+    and were tested. ``records`` yields, in batches of any size, ``(index, similarity text,
+    answer key, content id)`` for the records ``stats`` counted; it is only called when some
+    n-gram is a candidate, so clean data costs no extra pass. Candidates are ranked by purity,
+    support, then text, and flip tests score holders in content-id order (input order plays no
+    part)."""
     found_all = stats.candidates()
     if not found_all:
         return [], {}, {"candidates": 0, "tested": 0}
@@ -341,10 +339,11 @@ def detect_triggers(
 
 
 def _find_holders(
-    stats: TriggerStats, candidates: Sequence[Candidate], records: Iterable[Record]
+    stats: TriggerStats, candidates: Sequence[Candidate], batches: Iterable[Sequence[Record]]
 ) -> _Holders:
     """One pass over the counted records, hashed a batch at a time: every record holding a
-    candidate of its own answer, and each candidate's text."""
+    candidate of its own answer, and each candidate's text (that of its first holder in input
+    order, so the batches' sizes play no part)."""
     classes = stats.classes
     wanted = {c.key for c in candidates}
     keys = _class_keys(
@@ -358,7 +357,10 @@ def _find_holders(
     bitmap = np.zeros(1 << _BITMAP_BITS, dtype=bool)
     bitmap[keys >> np.uint64(64 - _BITMAP_BITS)] = True
     found = _Holders()
-    for batch in batched((r for r in records if r[2] in wanted), _BATCH):
+    for part in batches:
+        batch = [r for r in part if r[2] in wanted]
+        if not batch:
+            continue
         texts = [r[1] for r in batch]
         # Every occurrence, not the distinct ones: distinct-ness is settled for the hits alone.
         table = gram_table(texts, stats.config.max_n, distinct=False)

@@ -47,7 +47,7 @@ def run_triggers(rows: list[tuple[list[str], str]]) -> tuple[list[str], set[int]
     for words, label in rows:
         stats.add(words, label)
     records = [(i, " ".join(w), k, " ".join(w)) for i, (w, k) in enumerate(rows)]
-    found, flagged, _ = detect_triggers(stats, lambda: records)
+    found, flagged, _ = detect_triggers(stats, lambda: [records])
     return [t.ngram for t in found], set(flagged)
 
 
@@ -117,10 +117,16 @@ def test_hashed_candidates_match_counting_strings() -> None:
         stats.add(words, label)
     candidates = stats.candidates()
     records = [(i, " ".join(w), k, f"{i:04d}") for i, (w, k) in enumerate(rows)]
-    holders = _find_holders(stats, candidates, records)
+    holders = _find_holders(stats, candidates, [records])
     got = {(holders.text[n], c.key, c.support) for n, c in enumerate(candidates)}
     assert got == reference_candidates(rows, config)
     assert len(got) > 10
+    # The records may come in batches of any size (the pipeline's follow its spill's).
+    for size in (1, 7, 100):
+        parts = [records[i : i + size] for i in range(0, len(records), size)]
+        again = _find_holders(stats, candidates, parts)
+        assert again.text == holders.text and again.removed == holders.removed
+        assert again.order == holders.order
 
 
 @settings(max_examples=30)
