@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from training import poison
 from training.curate_augment import run_augmentation
@@ -329,40 +330,26 @@ class _Run:
     def _finish(self, early: Path, rejects: QuarantineWriter) -> dict[str, Any]:
         removed = {i for i, reasons in self.removed.items() if reasons}
         survivors = [i for i in self.unique if i not in removed]
-        split = stratified_split(
-            {i: self.ids[i] for i in survivors},
-            {i: self.labels[i] for i in survivors},
-            self.cfg.split.validation_fraction,
-            self.cfg.split.seed,
-        )
-        synthetic, augment_summary = run_augmentation(self, survivors, split)
-        sink = DatasetSink(self.staging)
         late = self.staging / ".quarantine-late.jsonl"
-        self.progress.stage("write", len(self.lines))
-        # Per spill row: the split it goes to, or -1 when it is quarantined.
-        where = np.full(len(self.lines), -1, dtype=np.int8)
-        for index, name in split.items():
-            where[index] = SPLITS.index(name)
-        with QuarantineWriter(late) as writer:
-            first = 0
-            for batch in self.spill.batches():
-                here = where[first : first + batch.num_rows]
-                for number, name in enumerate(SPLITS):
-                    sink.add_table(name, batch.filter(here == number))
-                out = np.flatnonzero(here < 0)
-                rows = batch.select(["raw"]).take(out).to_pylist()
-                for offset, row in zip(out.tolist(), rows, strict=True):
-                    writer.write(self._quarantine_row(first + offset, row["raw"]))
-                first += batch.num_rows
-                self.progress.advance(batch.num_rows)
-        for row in synthetic:
-            sink.add("train", *row)
+        # The quarantine rows of everything not kept depend on nothing decided below; with
+        # workers they are written by a forked process while this one writes the dataset.
+        dropped = np.ones(len(self.lines), dtype=bool)
+        dropped[np.asarray(survivors, dtype=np.int64)] = False
+        forked = self.cfg.read.workers > 1 and in_fork_available()
+        writing = InFork(lambda: self._write_late(late, dropped)) if forked else None
+        try:
+            sink, augment_summary = self._write_dataset(survivors)
+        except BaseException:
+            if writing:
+                writing.cancel()
+            raise
+        by_stage, by_reason = writing.result() if writing else self._write_late(late, dropped)
         merge_by_line([early, late], self.staging / QUARANTINE)
         sink.save(self.staging / DATASET)
         self.index.close()
         for path in (early, late, self.spill.path, self.prompts.path, self.signatures):
             path.unlink()
-        stages = Counter(rejects.by_stage) + Counter(writer.by_stage)
+        stages = Counter(rejects.by_stage) + Counter(by_stage)
         quarantined = sum(stages.values())
         if len(survivors) + quarantined != self.stats["read"]:
             raise TrainingError(
@@ -373,7 +360,7 @@ class _Run:
             self.cfg,
             self.stats,
             stages=stages,
-            reasons=Counter(rejects.by_reason) + Counter(writer.by_reason),
+            reasons=Counter(rejects.by_reason) + Counter(by_reason),
             sink=sink,
             after=Counter(self.labels[i] or "<none>" for i in survivors),
             warnings=self.warnings,
@@ -383,6 +370,50 @@ class _Run:
         )
         write_json_atomic(manifest, self.staging / MANIFEST)
         return manifest
+
+    def _write_dataset(self, survivors: list[int]) -> tuple[DatasetSink, dict[str, Any]]:
+        """Split the survivors, augment, and stream the kept rows into the dataset's sink."""
+        split = stratified_split(
+            {i: self.ids[i] for i in survivors},
+            {i: self.labels[i] for i in survivors},
+            self.cfg.split.validation_fraction,
+            self.cfg.split.seed,
+        )
+        if len(split) != len(survivors):
+            # The quarantine side counts on every survivor reaching a split.
+            raise TrainingError(f"internal error: {len(survivors)} kept, {len(split)} split")
+        synthetic, augment_summary = run_augmentation(self, survivors, split)
+        sink = DatasetSink(self.staging)
+        self.progress.stage("write", len(self.lines))
+        # Per spill row: the split it goes to, or -1 when it is quarantined.
+        where = np.full(len(self.lines), -1, dtype=np.int8)
+        for index, name in split.items():
+            where[index] = SPLITS.index(name)
+        first = 0
+        for batch in self.spill.batches():
+            here = where[first : first + batch.num_rows]
+            for number, name in enumerate(SPLITS):
+                sink.add_table(name, batch.filter(here == number))
+            first += batch.num_rows
+            self.progress.advance(batch.num_rows)
+        for row in synthetic:
+            sink.add("train", *row)
+        return sink, augment_summary
+
+    def _write_late(
+        self, late: Path, dropped: npt.NDArray[np.bool_]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """The quarantine rows of the spill rows marked ``dropped``, in spill order, to
+        ``late``; its counts by stage and by reason."""
+        with QuarantineWriter(late) as writer:
+            first = 0
+            for batch in self.spill.batches():
+                out = np.flatnonzero(dropped[first : first + batch.num_rows])
+                rows = batch.select(["raw"]).take(out).to_pylist()
+                for offset, row in zip(out.tolist(), rows, strict=True):
+                    writer.write(self._quarantine_row(first + offset, row["raw"]))
+                first += batch.num_rows
+        return writer.by_stage, writer.by_reason
 
     def _quarantine_row(self, index: int, raw: str) -> QuarantineRow:
         exact = index in self.dup_of

@@ -184,6 +184,12 @@ class InFork:
         self._process.start()
         writer.close()
 
+    def cancel(self) -> None:
+        """Stop the child without its result (the parent failed and is unwinding)."""
+        self._process.terminate()
+        self._process.join()
+        self._reader.close()
+
     def result(self) -> Any:
         try:
             ok, value = self._reader.recv()

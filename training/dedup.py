@@ -30,7 +30,7 @@ from pydantic import ConfigDict, Field, with_config
 
 from training.grams import mix
 from training.minhash import oph_signatures
-from training.sortops import unique
+from training.sortops import unique, unique_rows
 
 U64 = npt.NDArray[np.uint64]
 _NON_WORD = re.compile(r"[\W_]+")
@@ -328,10 +328,10 @@ def near_pairs(
     sets: dict[int, U64] = {}
     for start in range(0, len(needed), _SIGNATURE_BATCH):
         batch = needed[start : start + _SIGNATURE_BATCH].tolist()
-        hashes, offsets = shingle_hashes([texts[r] for r in batch], config.shingle)
-        bounds = offsets.tolist()
+        distinct, bounds = unique_rows(*shingle_hashes([texts[r] for r in batch], config.shingle))
+        edges = bounds.tolist()
         for k, row in enumerate(batch):
-            sets[row] = unique(hashes[bounds[k] : bounds[k + 1]])
+            sets[row] = distinct[edges[k] : edges[k + 1]]
     result = []
     for (a, b), similarity, exact in zip(
         pairs[keep].tolist(), estimate[keep].tolist(), close[keep].tolist(), strict=True

@@ -258,6 +258,28 @@ def test_a_failed_run_leaves_no_output(tmp_path: Path, monkeypatch: pytest.Monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.jsonl"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failure_while_the_dataset_is_written_stops_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """With workers the late quarantine rows are written by a forked process alongside the
+    dataset; when the dataset side fails, that process is stopped and nothing is left."""
+    import multiprocessing
+
+    import training.manifest
+
+    def explode(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(training.manifest.DatasetSink, "add_table", explode)
+    raw = write_lines(tmp_path / "raw.jsonl", [rec(*g) for g in GOOD] + [rec(*GOOD[0])])
+    config = replace(CurateConfig(), read=ReadConfig(workers=workers))
+    with pytest.raises(RuntimeError, match="disk full"):
+        curate(raw, tmp_path / "out", config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.jsonl"]
+    assert multiprocessing.active_children() == []
+
+
 def test_a_foreign_directory_is_never_replaced(tmp_path: Path) -> None:
     """An existing non-empty directory without a manifest is refused, not overwritten."""
     out = tmp_path / "out"

@@ -14,6 +14,7 @@ from training.sortops import (
     unique,
     unique_counts,
     unique_inverse,
+    unique_rows,
 )
 
 ARRAYS = hnp.arrays(
@@ -32,6 +33,18 @@ def test_unique_family_matches_numpy(values: np.ndarray) -> None:
     picked = one_of_each(values)
     assert np.array_equal(values[picked], expected)
     assert np.array_equal(repeated(values), counts[inverse.ravel()] > 1)
+
+
+@given(ARRAYS, st.data())
+def test_unique_rows_is_unique_per_row(values: np.ndarray, data: st.DataObject) -> None:
+    """Rows cut anywhere (empty ones included) come back as each row's own ``np.unique``."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(values)), max_size=6)))
+    offsets = np.array([0, *cuts, len(values)], dtype=np.uint64)
+    distinct, bounds = unique_rows(values, offsets)
+    assert len(bounds) == len(offsets) and bounds[0] == 0 and bounds[-1] == len(distinct)
+    for k in range(len(offsets) - 1):
+        row = values[int(offsets[k]) : int(offsets[k + 1])]
+        assert np.array_equal(distinct[bounds[k] : bounds[k + 1]], np.unique(row))
 
 
 def test_unique_flattens_like_numpy() -> None:
