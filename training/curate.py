@@ -242,11 +242,12 @@ class _Run:
 
     def _near_duplicates(self) -> None:
         g = self.golden_n
-        flagged = [int(k) - g for k in self.index.flags().nonzero()[0] if k >= g]
-        rows = [self.unique[k] for k in flagged]
-        prompts = {r["i"]: r["s"] for r in self.prompts.rows(set(rows))}
-        texts = self.golden_sims + [prompts[i] for i in rows]
-        at = list(range(g)) + [k + g for k in flagged]
+        marked = np.flatnonzero(self.index.flags())
+        flagged = marked[marked >= g] - g
+        # Unique records' indices ascend, so these rows do too, as the spill lookup wants.
+        rows: list[int] = np.asarray(self.unique, dtype=np.int64)[flagged].tolist()
+        texts = self.golden_sims + self.prompts.values("s", rows)
+        at = np.concatenate([np.arange(g, dtype=np.int64), flagged + g])
         sigs, keys = self.index.signatures(at), self.index.keys(at)
         order = [f"\0{case}" for case in (self.golden.ids if self.golden else ())]
         order += [f"{self.ids[i]}\t{self.labels[i] or ''}" for i in rows]

@@ -142,18 +142,29 @@ class ArrowSpill:
     def rows(self, wanted: set[int]) -> Iterator[dict[str, Any]]:
         """The rows whose index is in ``wanted``, in order, as dicts with the index as ``"i"``
         (only those rows become Python objects)."""
+        for indices, picked in self._picked(sorted(wanted)):
+            for index, row in zip(indices, picked.to_pylist(), strict=True):
+                row["i"] = index
+                yield row
+
+    def values(self, name: str, rows: Sequence[int]) -> list[Any]:
+        """Column ``name`` of ``rows`` (ascending indices), as a list in that order."""
+        out: list[Any] = []
+        for _, picked in self._picked(rows):
+            out += picked.column(name).to_pylist()
+        return out
+
+    def _picked(self, ordered: Sequence[int]) -> Iterator[tuple[list[int], Any]]:
+        """Per batch holding some of ``ordered`` (ascending indices): those indices and the
+        batch's rows at them."""
         import numpy as np
 
-        if not wanted:
+        if not len(ordered):
             return
-        ordered = np.array(sorted(wanted), dtype=np.int64)
+        wanted = np.asarray(ordered, dtype=np.int64)
         first = 0
         for batch in self.batches():
-            lo, hi = np.searchsorted(ordered, [first, first + batch.num_rows])
+            lo, hi = np.searchsorted(wanted, [first, first + batch.num_rows])
             if hi > lo:
-                local = ordered[lo:hi] - first
-                for index, row in zip(ordered[lo:hi].tolist(), batch.take(local).to_pylist(),
-                                      strict=True):  # fmt: skip
-                    row["i"] = index
-                    yield row
+                yield wanted[lo:hi].tolist(), batch.take(wanted[lo:hi] - first)
             first += batch.num_rows
