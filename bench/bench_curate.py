@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import random
 import resource
 import subprocess
@@ -354,6 +355,10 @@ def _report(records: int, sides: list[str], results: dict[str, list[dict[str, fl
         print(f"{label:20} {r['seconds']:7.2f} s  {rate:9,.0f} records/s  "
               f"CPU {cpu_us:6.1f} us/record  peak RSS {r['peak_mib']:6.0f} MiB "
               f"({per_record:,.0f} B/record), workers {r['worker_peak_mib']:.0f} MiB")  # fmt: skip
+        if len(results[which]) > 1:
+            rates = sorted(records / run["seconds"] for run in results[which])
+            print(f"{'':20} every run: {', '.join(f'{x:,.0f}' for x in rates)} records/s "
+                  f"(median {statistics.median(rates):,.0f})")  # fmt: skip
     for which in sides[1:]:
         ratio = best["naive"]["seconds"] / best[which]["seconds"]
         cpu_ratio = best["naive"]["cpu"] / best[which]["cpu"]
