@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
