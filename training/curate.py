@@ -55,7 +55,7 @@ from training.quarantine import (
 )
 from training.reader import LineReader
 from training.schema import Admission
-from training.spill import ArrowSpill, prompt_schema
+from training.spill import ArrowSpill
 from training.teacher import Teacher
 from training.triggers import Trigger, TriggerStats, detect_triggers
 
@@ -124,10 +124,10 @@ class _Run:
         self.teacher = teacher
         self.progress = progress
         self.admission = Admission(config)
-        self.spill = ArrowSpill(staging / ".spill.arrow")
+        self.spill = ArrowSpill(staging / ".spill")
         # Prompt similarity texts and answer keys of unique records, for the passes that need
         # nothing else (near-dup detail, triggers): small rows, cheap to re-read.
-        self.prompts = ArrowSpill(staging / ".prompts.arrow", prompt_schema())
+        self.prompts = ArrowSpill(staging / ".prompts")
         self.golden_n = len(golden.texts) if golden else 0
         thresholds = [config.dedup.threshold] + ([config.leakage.threshold] if golden else [])
         self.signatures = staging / ".signatures.u32"
@@ -173,8 +173,6 @@ class _Run:
                 self._take(chunk, rejects)
                 self.progress.advance(reader.bytes_read - reported)
                 reported = reader.bytes_read
-        self.spill.close()
-        self.prompts.close()
         self.stats.update(read=read, input_sha256=reader.sha256, input_bytes=reader.bytes_read)
         self.stats["input_path"] = str(reader.path)
         # Trigger detection needs only the first pass's totals: with workers, it runs in a
@@ -348,8 +346,10 @@ class _Run:
         merge_by_line([early, late], self.staging / QUARANTINE)
         sink.save(self.staging / DATASET)
         self.index.close()
-        for path in (early, late, self.spill.path, self.prompts.path, self.signatures):
+        for path in (early, late, self.signatures):
             path.unlink()
+        self.spill.remove()
+        self.prompts.remove()
         stages = Counter(rejects.by_stage) + Counter(by_stage)
         quarantined = sum(stages.values())
         if len(survivors) + quarantined != self.stats["read"]:

@@ -1,7 +1,7 @@
 """The admitted records' spill: Arrow record batches on disk, in admission order.
 
 Workers turn each chunk's admitted records into one record batch (``spill_batch``) and write it
-to a file of its own; the main process appends those batches to the spill, an Arrow IPC stream,
+to a file of its own; the main process moves those files into the spill's directory in order,
 without looking inside. The final pass then moves kept rows to the dataset a batch at a time
 and other passes read single rows back by index; nothing is parsed twice, and no pass makes a
 Python object per row except for the rows it asked for. (A JSON-lines spill cost ~13 us a row
@@ -10,6 +10,7 @@ to write and as much again to parse in the final pass.)
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,40 +100,33 @@ def write_batch(batch: Any, path: Path) -> None:
 
 class ArrowSpill:
     """Rows parked on disk between passes, one per admitted record in admission order, so a
-    row's position is its record index: the records (``spill_schema``, the default) or their
-    prompts (``prompt_schema``). Parts arrive whole chunk files at a time (``write_batch``)."""
+    row's position is its record index: the records (``spill_batch``) or their prompts
+    (``prompt_batch``). The spill is a directory of the chunks' own files (``write_batch``),
+    moved in whole and read back in order: nothing is copied on the way in."""
 
-    def __init__(self, path: Path, schema: Any = None) -> None:
-        import pyarrow as pa
-
-        self.path = path
-        self._sink: Any = pa.OSFile(str(path), "wb")
-        self._writer: Any = pa.ipc.new_stream(self._sink, schema or spill_schema())
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir()
+        self._parts: list[Path] = []
 
     def append_file(self, part: Path) -> None:
-        """Move the batches of ``part`` to the end of the spill."""
-        import pyarrow as pa
+        """Move ``part`` (an Arrow stream file on the same file system) to the spill's end."""
+        target = self.directory / f"{len(self._parts):08d}.arrow"
+        part.rename(target)
+        self._parts.append(target)
 
-        assert self._writer is not None, "spill is closed"
-        with pa.memory_map(str(part)) as source:
-            for batch in pa.ipc.open_stream(source):
-                self._writer.write_batch(batch)
-        part.unlink()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
-            self._writer = None
+    def remove(self) -> None:
+        shutil.rmtree(self.directory)
 
     def batches(self) -> Iterator[Any]:
         """All rows, as the record batches they were written in."""
         import pyarrow as pa
 
-        # Read, not memory-mapped: mapped pages would count towards the process's resident
-        # memory for the whole spill.
-        with pa.OSFile(str(self.path), "rb") as source:
-            yield from pa.ipc.open_stream(source)
+        for part in self._parts:
+            # Read, not memory-mapped: mapped pages would count towards the process's resident
+            # memory for the whole spill.
+            with pa.OSFile(str(part), "rb") as source:
+                yield from pa.ipc.open_stream(source)
 
     def columns(self, *names: str) -> Iterator[tuple[list[Any], ...]]:
         """Batch by batch, the named columns as Python lists (all rows, in order)."""
