@@ -1,6 +1,6 @@
 """The curation pipeline: raw chat JSONL in; a versioned dataset, quarantine and manifest out.
 
-The input is read once. Admitted records go to a spill file in the staging directory, so the
+The input is read once. Admitted records go to a spill in the staging directory, so the
 corpus never sits in memory; what stays in memory per record is a few small fields, the LSH
 band keys and (on disk) the MinHash signature.
 1. in chunks, in worker processes (``curate_read``): JSON -> schema, label and quality rules ->
@@ -125,8 +125,8 @@ class _Run:
         self.progress = progress
         self.admission = Admission(config)
         self.spill = ArrowSpill(staging / ".spill")
-        # Prompt similarity texts and answer keys of unique records, for the passes that need
-        # nothing else (near-dup detail, triggers): small rows, cheap to re-read.
+        # The prompts' similarity texts, for the passes that need nothing else (near-dup detail,
+        # triggers, augmentation): small rows, cheap to re-read.
         self.prompts = ArrowSpill(staging / ".prompts")
         self.golden_n = len(golden.texts) if golden else 0
         thresholds = [config.dedup.threshold] + ([config.leakage.threshold] if golden else [])

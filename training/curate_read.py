@@ -112,7 +112,7 @@ def admit_chunk(
         if a.answer_key is not None:
             keyed.append(row)
     write_batch(spill_batch(admitted), chunk.spill)
-    write_batch(prompt_batch(chunk.keys, similarity), chunk.prompts)
+    write_batch(prompt_batch(similarity), chunk.prompts)
     signatures = text_signatures(similarity, cfg.dedup)
     chunk = chunk._replace(signatures=signatures, band_keys=band_keys(signatures, bands))
     if not count_grams or not keyed:

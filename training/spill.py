@@ -71,23 +71,19 @@ def spill_batch(admitted: Sequence[Admitted]) -> Any:
     return pa.RecordBatch.from_arrays([arrays[name] for name in FIELDS], schema=schema)
 
 
-PROMPT_FIELDS = ("k", "s")
-
-
 def prompt_schema() -> Any:
-    """The prompts' spill, per admitted record: its answer key (null when free-form) and the
-    similarity text of its prompt, which the near-duplicate, trigger and augmentation passes
-    read back without touching the records themselves."""
+    """The prompts' spill, per admitted record: the similarity text of its prompt (``s``),
+    which the near-duplicate, trigger and augmentation passes read back without touching the
+    records themselves."""
     import pyarrow as pa
 
-    return pa.schema([(name, pa.string()) for name in PROMPT_FIELDS])
+    return pa.schema([("s", pa.string())])
 
 
-def prompt_batch(keys: Sequence[str | None], similarity: Sequence[str]) -> Any:
+def prompt_batch(similarity: Sequence[str]) -> Any:
     import pyarrow as pa
 
-    arrays = [pa.array(keys, pa.string()), pa.array(similarity, pa.string())]
-    return pa.RecordBatch.from_arrays(arrays, schema=prompt_schema())
+    return pa.RecordBatch.from_arrays([pa.array(similarity, pa.string())], schema=prompt_schema())
 
 
 def write_batch(batch: Any, path: Path) -> None:
