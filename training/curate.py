@@ -310,12 +310,11 @@ class _Run:
     def _search_triggers(self) -> TriggerSearch:
         def records() -> Iterator[list[tuple[int, str, str, str]]]:
             # A batch per spill batch; exact duplicates' keys were blanked when they were found.
-            keys, ids, first = self.keys, self.ids, 0
-            for (texts,) in self.prompts.columns("s"):
+            keys, ids = self.keys, self.ids
+            for first, (texts,) in self.prompts.columns("s"):
                 end = first + len(texts)
                 rows = zip(range(first, end), texts, keys[first:end], strict=True)
                 yield [(i, text, key, ids[i]) for i, text, key in rows if key is not None]
-                first = end
 
         return detect_triggers(self.triggers, records)
 
@@ -390,12 +389,10 @@ class _Run:
         where = np.full(len(self.lines), -1, dtype=np.int8)
         for index, name in split.items():
             where[index] = SPLITS.index(name)
-        first = 0
-        for batch in self.spill.batches():
+        for first, batch in self.spill.batches():
             here = where[first : first + batch.num_rows]
             for number, name in enumerate(SPLITS):
                 sink.add_table(name, batch.filter(here == number))
-            first += batch.num_rows
             self.progress.advance(batch.num_rows)
         for row in synthetic:
             sink.add("train", *row)
@@ -407,13 +404,11 @@ class _Run:
         """The quarantine rows of the spill rows marked ``dropped``, in spill order, to
         ``late``; its counts by stage and by reason."""
         with QuarantineWriter(late) as writer:
-            first = 0
-            for batch in self.spill.batches():
+            for first, batch in self.spill.batches():
                 out = np.flatnonzero(dropped[first : first + batch.num_rows])
                 rows = batch.select(["raw"]).take(out).to_pylist()
                 for offset, row in zip(out.tolist(), rows, strict=True):
                     writer.write(self._quarantine_row(first + offset, row["raw"]))
-                first += batch.num_rows
         return writer.by_stage, writer.by_reason
 
     def _quarantine_row(self, index: int, raw: str) -> QuarantineRow:

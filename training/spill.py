@@ -114,20 +114,25 @@ class ArrowSpill:
     def remove(self) -> None:
         shutil.rmtree(self.directory)
 
-    def batches(self) -> Iterator[Any]:
-        """All rows, as the record batches they were written in."""
+    def batches(self) -> Iterator[tuple[int, Any]]:
+        """All rows, as the record batches they were written in, each with the index of its
+        first row."""
         import pyarrow as pa
 
+        first = 0
         for part in self._parts:
             # Read, not memory-mapped: mapped pages would count towards the process's resident
             # memory for the whole spill.
             with pa.OSFile(str(part), "rb") as source:
-                yield from pa.ipc.open_stream(source)
+                for batch in pa.ipc.open_stream(source):
+                    yield first, batch
+                    first += batch.num_rows
 
-    def columns(self, *names: str) -> Iterator[tuple[list[Any], ...]]:
-        """Batch by batch, the named columns as Python lists (all rows, in order)."""
-        for batch in self.batches():
-            yield tuple(batch.column(name).to_pylist() for name in names)
+    def columns(self, *names: str) -> Iterator[tuple[int, tuple[list[Any], ...]]]:
+        """Batch by batch, the index of the first row and the named columns as Python lists
+        (all rows, in order)."""
+        for first, batch in self.batches():
+            yield first, tuple(batch.column(name).to_pylist() for name in names)
 
     def rows(self, wanted: set[int]) -> Iterator[dict[str, Any]]:
         """The rows whose index is in ``wanted``, in order, as dicts with the index as ``"i"``
@@ -152,9 +157,7 @@ class ArrowSpill:
         if not len(ordered):
             return
         wanted = np.asarray(ordered, dtype=np.int64)
-        first = 0
-        for batch in self.batches():
+        for first, batch in self.batches():
             lo, hi = np.searchsorted(wanted, [first, first + batch.num_rows])
             if hi > lo:
                 yield wanted[lo:hi].tolist(), batch.take(wanted[lo:hi] - first)
-            first += batch.num_rows

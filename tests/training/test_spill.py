@@ -29,7 +29,9 @@ def test_rows_and_values_address_records_across_parts(
     """Row ``i`` is the ``i``-th text appended, whichever part (empty ones included) holds it."""
     flat = [text for part in parts for text in part]
     spill = _spill(tmp_path_factory.mktemp("spill"), parts)
-    assert [t for (texts,) in spill.columns("s") for t in texts] == flat
+    assert [t for _, (texts,) in spill.columns("s") for t in texts] == flat
+    firsts = [first for first, _ in spill.columns("s")]
+    assert firsts == [sum(len(p) for p in parts[:k]) for k in range(len(parts))]
     wanted = sorted(data.draw(st.sets(st.integers(0, max(len(flat) - 1, 0)))) if flat else [])
     assert spill.values("s", wanted) == [flat[i] for i in wanted]
     rows = list(spill.rows(set(wanted)))
