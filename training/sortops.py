@@ -53,11 +53,21 @@ def unique_rows(values: npt.NDArray[Int], offsets: npt.NDArray[Int]) -> tuple[
     npt.NDArray[Int], I64
 ]:
     """``unique`` of each row ``values[offsets[i]:offsets[i+1]]`` at once: the rows' distinct
-    values back to back, and their new offsets (one lexsort instead of a sort per row)."""
+    values back to back, and their new offsets.
+
+    Each value is replaced by its rank in one argsort of all values, so that ``row * n + rank``
+    is a single int64 key whose plain sort orders by row, then value: half the time of a
+    ``lexsort`` by (row, value), which makes two indirect sorts."""
     bounds = np.asarray(offsets, dtype=np.int64)
+    total = len(values)
     owner = np.repeat(np.arange(len(bounds) - 1, dtype=np.int64), np.diff(bounds))
-    order = np.lexsort((values, owner))
-    ordered, owners = values[order], owner[order]
+    order = np.argsort(values)
+    rank = np.empty(total, dtype=np.int64)
+    rank[order] = np.arange(total, dtype=np.int64)
+    keys = owner * total + rank
+    keys.sort()
+    owners = keys // total
+    ordered = values[order[keys - owners * total]]
     keep = _starts(ordered) | _starts(owners)
     new = np.zeros(len(bounds), dtype=np.int64)
     np.cumsum(np.bincount(owners[keep], minlength=len(bounds) - 1), out=new[1:])
