@@ -30,7 +30,7 @@ from pydantic import ConfigDict, Field, with_config
 
 from training.grams import mix
 from training.minhash import oph_signatures
-from training.sortops import unique, unique_rows
+from training.sortops import hash_argsort, unique, unique_rows
 
 U64 = npt.NDArray[np.uint64]
 _NON_WORD = re.compile(r"[\W_]+")
@@ -212,7 +212,7 @@ def candidate_pairs(
     found: list[npt.NDArray[np.int64]] = []
     for band in range(bands):
         column = ranked_keys[band]
-        local = np.argsort(column, kind="stable")
+        local = hash_argsort(column)
         order, sorted_keys = by_rank[local], column[local]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         sizes = np.diff(np.r_[starts, n])

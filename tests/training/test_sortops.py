@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from training.sortops import (
+    hash_argsort,
     merge_counts,
     one_of_each,
     repeated,
@@ -45,6 +46,23 @@ def test_unique_rows_is_unique_per_row(values: np.ndarray, data: st.DataObject) 
     for k in range(len(offsets) - 1):
         row = values[int(offsets[k]) : int(offsets[k + 1])]
         assert np.array_equal(distinct[bounds[k] : bounds[k + 1]], np.unique(row))
+
+
+@given(ARRAYS)
+def test_hash_argsort_is_the_stable_argsort(values: np.ndarray) -> None:
+    """Small values (which collide once their low bits are cleared) and hashes alike."""
+    assert np.array_equal(hash_argsort(values), np.argsort(values, kind="stable"))
+
+
+@given(st.integers(2, 3000), st.integers(0, 2**32), st.data())
+def test_hash_argsort_of_hashes_and_near_twins(n: int, seed: int, data: st.DataObject) -> None:
+    """Spread keys take the packed sort; keys that differ only in their low bits (the case its
+    check exists for) and exact repeats must still come back in the stable order."""
+    keys = np.random.default_rng(seed).integers(0, 2**64, n, dtype=np.uint64)
+    twins = data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=5))
+    for a, b in twins:
+        keys[b] = keys[a] ^ np.uint64(data.draw(st.integers(0, 3)))
+    assert np.array_equal(hash_argsort(keys), np.argsort(keys, kind="stable"))
 
 
 def test_unique_flattens_like_numpy() -> None:
