@@ -272,10 +272,19 @@ class UnionFind:
 
     def groups(self) -> list[list[int]]:
         """Sets with two or more members, each sorted, in order of their smallest member."""
+        # Only members that were joined to another point away from themselves; a root is its
+        # set's smallest member (``union``), so taking the rest in ascending order keeps each
+        # group sorted. Most rows of a large corpus are singletons and are never looked at.
+        parent = self.parent
         buckets: dict[int, list[int]] = {}
-        for x in range(len(self.parent)):
-            buckets.setdefault(self.find(x), []).append(x)
-        return [members for _, members in sorted(buckets.items()) if len(members) > 1]
+        for x in [x for x, up in enumerate(parent) if up != x]:
+            root = self.find(x)
+            members = buckets.get(root)
+            if members is None:
+                buckets[root] = [root, x]
+            else:
+                members.append(x)
+        return [members for _, members in sorted(buckets.items())]
 
 
 def near_duplicate_groups(texts: Sequence[str], config: NearDupConfig) -> list[list[int]]:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from training.dedup import (
     NearDupConfig,
+    UnionFind,
     candidate_pairs,
     choose_bands,
     conversation_id,
@@ -170,3 +171,32 @@ def test_sorted_jaccard_equals_set_jaccard(a: set[int], b: set[int]) -> None:
     """The array form used for exact verification agrees with the set definition."""
     arrays = [np.array(sorted(x), dtype=np.uint64) for x in (a, b)]
     assert sorted_jaccard(*arrays) == jaccard(frozenset(a), frozenset(b))
+
+
+@given(st.integers(1, 40), st.lists(st.tuples(st.integers(0, 39), st.integers(0, 39))))
+def test_union_find_groups_are_the_connected_components(
+    n: int, edges: list[tuple[int, int]]
+) -> None:
+    """Sorted components of two or more, ordered by their smallest member, as a plain graph
+    search finds them."""
+    edges = [(a % n, b % n) for a, b in edges]
+    union = UnionFind(n)
+    for a, b in edges:
+        union.union(a, b)
+    neighbours: dict[int, set[int]] = {x: set() for x in range(n)}
+    for a, b in edges:
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    expected, seen = [], set()
+    for start in range(n):
+        if start in seen:
+            continue
+        component, todo = {start}, [start]
+        while todo:
+            for y in neighbours[todo.pop()] - component:
+                component.add(y)
+                todo.append(y)
+        seen |= component
+        if len(component) > 1:
+            expected.append(sorted(component))
+    assert union.groups() == expected
