@@ -357,6 +357,7 @@ def _find_holders(
     bitmap = np.zeros(1 << _BITMAP_BITS, dtype=bool)
     bitmap[keys >> np.uint64(64 - _BITMAP_BITS)] = True
     found = _Holders()
+    named = np.zeros(len(candidates), dtype=bool)
     for part in batches:
         batch = [r for r in part if r[2] in wanted]
         if not batch:
@@ -381,21 +382,27 @@ def _find_holders(
         first_holder = len(found.order)
         found.gram_of.append(number)
         found.holder_of.append(first_holder + np.searchsorted(holder_rows, rows))
-        for row in holder_rows.tolist():
-            found.order.append((batch[row][3], batch[row][0]))
+        found.order.extend([(batch[row][3], batch[row][0]) for row in holder_rows.tolist()])
         # word_rows is sorted, so the holders' words in order are their rows' slices.
         sizes = np.searchsorted(table.word_rows, holder_rows, side="right") - np.searchsorted(
             table.word_rows, holder_rows
         )
         found.words.append(table.words[np.isin(table.word_rows, holder_rows)])
         found.bounds.extend((found.bounds[-1] + np.cumsum(sizes)).tolist())
-        for j, n in zip(hit.tolist(), number.tolist(), strict=True):
-            if n not in found.text:
-                row, start = int(table.rows[j]), int(table.starts[j])
-                size = int(gram_size(table.hashes[j : j + 1])[0])
-                found.text[n] = gram_text(texts[row], start, size)
-                first_word = int(np.searchsorted(table.word_rows, row)) + start
-                found.removed[n] = set(table.words[first_word : first_word + size].tolist())
+        # Each candidate's text is that of its first hit; only candidates no earlier batch has
+        # named are looked at (the hits are mostly repeats), their first hits in hit order.
+        fresh = np.flatnonzero(~named[number])
+        if not len(fresh):
+            continue
+        _, first = np.unique(number[fresh], return_index=True)
+        fresh = fresh[np.sort(first)]
+        named[number[fresh]] = True
+        for j, n in zip(hit[fresh].tolist(), number[fresh].tolist(), strict=True):
+            row, start = int(table.rows[j]), int(table.starts[j])
+            size = int(gram_size(table.hashes[j : j + 1])[0])
+            found.text[n] = gram_text(texts[row], start, size)
+            first_word = int(np.searchsorted(table.word_rows, row)) + start
+            found.removed[n] = set(table.words[first_word : first_word + size].tolist())
     missing = [n for n in range(len(candidates)) if n not in found.text]
     if missing:
         raise RuntimeError(f"{len(missing)} trigger candidates have no holder in the records pass")
