@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from training.dedup import band_keys, text_signatures
 from training.grams import gram_table
+from training.heap import keep_freed_memory
 from training.quarantine import QuarantineRow
 from training.reader import Block, LineReader, RawLine, block_lines
 from training.schema import Admission, Admitted
@@ -159,6 +160,7 @@ def _start_worker(config: CurateConfig) -> None:
     global _worker_admission
     # Workers hold no long-lived cycles; the collector would only rescan the chunk's objects.
     gc.disable()
+    keep_freed_memory()
     _worker_admission = Admission(config)
 
 
@@ -204,6 +206,7 @@ class InFork:
 
 
 def _send(fn: Callable[[], Any], writer: Any) -> None:
+    keep_freed_memory()
     try:
         result = (True, fn())
     except BaseException as exc:  # the parent re-raises it
