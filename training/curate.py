@@ -330,20 +330,21 @@ class _Run:
         survivors = [i for i in self.unique if i not in removed]
         late = self.staging / ".quarantine-late.jsonl"
         # The quarantine rows of everything not kept depend on nothing decided below; with
-        # workers they are written by a forked process while this one writes the dataset.
+        # workers they are written, and merged with the early ones, by a forked process while
+        # this one writes and saves the dataset.
         dropped = np.ones(len(self.lines), dtype=bool)
         dropped[np.asarray(survivors, dtype=np.int64)] = False
         forked = self.cfg.read.workers > 1 and in_fork_available()
-        writing = InFork(lambda: self._write_late(late, dropped)) if forked else None
+        quarantine = (early, late, dropped)
+        writing = InFork(lambda: self._write_quarantine(*quarantine)) if forked else None
         try:
             sink, augment_summary = self._write_dataset(survivors)
+            sink.save(self.staging / DATASET)
         except BaseException:
             if writing:
                 writing.cancel()
             raise
-        by_stage, by_reason = writing.result() if writing else self._write_late(late, dropped)
-        merge_by_line([early, late], self.staging / QUARANTINE)
-        sink.save(self.staging / DATASET)
+        by_stage, by_reason = writing.result() if writing else self._write_quarantine(*quarantine)
         self.index.close()
         for path in (early, late, self.signatures):
             path.unlink()
@@ -398,17 +399,19 @@ class _Run:
             sink.add("train", *row)
         return sink, augment_summary
 
-    def _write_late(
-        self, late: Path, dropped: npt.NDArray[np.bool_]
+    def _write_quarantine(
+        self, early: Path, late: Path, dropped: npt.NDArray[np.bool_]
     ) -> tuple[dict[str, int], dict[str, int]]:
         """The quarantine rows of the spill rows marked ``dropped``, in spill order, to
-        ``late``; its counts by stage and by reason."""
+        ``late``, then ``early`` and ``late`` merged into the quarantine file; the late rows'
+        counts by stage and by reason."""
         with QuarantineWriter(late) as writer:
             for first, batch in self.spill.batches():
                 out = np.flatnonzero(dropped[first : first + batch.num_rows])
                 rows = batch.select(["raw"]).take(out).to_pylist()
                 for offset, row in zip(out.tolist(), rows, strict=True):
                     writer.write(self._quarantine_row(first + offset, row["raw"]))
+        merge_by_line([early, late], self.staging / QUARANTINE)
         return writer.by_stage, writer.by_reason
 
     def _quarantine_row(self, index: int, raw: str) -> QuarantineRow:

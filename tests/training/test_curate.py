@@ -258,12 +258,14 @@ def test_a_failed_run_leaves_no_output(tmp_path: Path, monkeypatch: pytest.Monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.jsonl"]
 
 
+@pytest.mark.parametrize("step", ["add_table", "save"])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failure_while_the_dataset_is_written_stops_everything(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, step: str
 ) -> None:
-    """With workers the late quarantine rows are written by a forked process alongside the
-    dataset; when the dataset side fails, that process is stopped and nothing is left."""
+    """With workers the late quarantine rows are written (and merged with the early ones) by a
+    forked process while the dataset is written and saved; when the dataset side fails, that
+    process is stopped and nothing is left."""
     import multiprocessing
 
     import training.manifest
@@ -271,7 +273,7 @@ def test_a_failure_while_the_dataset_is_written_stops_everything(
     def explode(*_: Any, **__: Any) -> Any:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(training.manifest.DatasetSink, "add_table", explode)
+    monkeypatch.setattr(training.manifest.DatasetSink, step, explode)
     raw = write_lines(tmp_path / "raw.jsonl", [rec(*g) for g in GOOD] + [rec(*GOOD[0])])
     config = replace(CurateConfig(), read=ReadConfig(workers=workers))
     with pytest.raises(RuntimeError, match="disk full"):
