@@ -113,26 +113,26 @@ def shingle_hashes(texts: Sequence[str], size: int) -> tuple[U64, U64]:
     Computed with numpy over the batch's code points, so the cost per text is a few array ops."""
     n = len(texts)
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
-    points = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    starts = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    total = len(points)
-    span = max(total - size + 1, 0)
-    rolled = np.zeros(span, dtype=np.uint64)
-    for offset in range(size):
-        rolled = rolled * _BASE + points[offset : offset + span]
-    # A text contributes the windows that start and end inside it.
+    points = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
+    span = max(len(points) - size + 1, 0)
+    # The polynomial hash of every window of the joined texts, updated in place.
+    rolled = points[:span].astype(np.uint64)
+    for offset in range(1, size):
+        rolled *= _BASE
+        rolled += points[offset : offset + span]
+    # A text contributes the windows that start and end inside it: those whose first and last
+    # characters belong to the same text.
+    owner_at = np.repeat(np.arange(n), lengths)
+    inside = owner_at[:span] == owner_at[size - 1 :]
+    hashes = rolled[inside]
     per_text = np.maximum(lengths - size + 1, 0)
-    owner = np.repeat(np.arange(n), per_text)
-    first = np.repeat(starts[:-1], per_text)
-    within = np.arange(len(owner)) - np.repeat(np.cumsum(per_text) - per_text, per_text)
-    hashes = rolled[first + within] if len(owner) else np.zeros(0, dtype=np.uint64)
     short = np.flatnonzero((lengths < size) & (lengths > 0))
     counts = per_text.copy()
     if len(short):
         # Short texts hash whole, so "hi" still has a signature and equals only "hi".
         extra = np.array([_whole_hash(texts[int(i)]) for i in short], dtype=np.uint64)
         counts[short] = 1
+        owner = owner_at[:span][inside]
         order = np.argsort(np.concatenate([owner, short]), kind="stable")
         hashes = np.concatenate([hashes, extra])[order]
     offsets = np.zeros(n + 1, dtype=np.uint64)
