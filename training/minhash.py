@@ -76,21 +76,38 @@ def _binned(hashes: U64, offsets: npt.NDArray[np.int64], num_perm: int, seed: in
 def _densify(sigs: U32, seed: int) -> U32:
     """Fill each empty bin from the first non-empty bin on its probe sequence (bin ``j``'s
     ``t``-th probe is a hash of ``j``, ``t`` and the seed, the same for every text)."""
-    num_perm = sigs.shape[1]
-    rows, cols = np.nonzero(sigs == EMPTY)
+    n, num_perm = sigs.shape
+    # Flat positions, so each probe is one gather.
+    source = sigs.ravel()
+    empty = np.flatnonzero(source == EMPTY)
+    rows = empty // num_perm
+    cols = empty - rows * num_perm
     # Texts with no shingles have nothing to borrow; they keep EMPTY everywhere.
-    some = (sigs != EMPTY).any(axis=1)
+    some = np.bincount(rows, minlength=n) < num_perm
     keep = some[rows]
-    rows, cols = rows[keep], cols[keep]
+    empty, cols = empty[keep], cols[keep]
+    first = empty - cols
     result = sigs.copy()
+    target = result.ravel()
     bins = np.arange(num_perm, dtype=np.uint64)
-    attempt = 0
-    while len(rows):
-        attempt += 1
-        salt = np.uint64(((seed + attempt) * _PROBE_SALT) & _MASK64)
-        probe = (mix(bins ^ salt) % np.uint64(num_perm)).astype(np.int64)
-        found = sigs[rows, probe[cols]]
-        hit = found != EMPTY
-        result[rows[hit], cols[hit]] = found[hit]
-        rows, cols = rows[~hit], cols[~hit]
+    done = 0
+    width = 1
+    # Probes are tried in blocks of doubling width: most empty bins are filled by their first
+    # probe or two, but one of a text with k non-empty bins needs num_perm / k probes on
+    # average (hundreds for a one-shingle text), and one round per probe made the slowest text
+    # cost as much as all the others. A block wastes at most the probes past the first hit.
+    while len(empty):
+        attempts = np.arange(done + 1, done + width + 1, dtype=np.uint64)
+        salts = ((np.uint64(seed) + attempts) * np.uint64(_PROBE_SALT)) & np.uint64(_MASK64)
+        probes = (mix(bins[None, :] ^ salts[:, None]) % np.uint64(num_perm)).astype(np.int64)
+        # Values are borrowed from the bins as hashed, never from bins filled in this pass.
+        found = source[first[:, None] + probes[:, cols].T]
+        hits = found != EMPTY
+        hit = hits.any(axis=1)
+        which = hits.argmax(axis=1)
+        target[empty[hit]] = found[hit, which[hit]]
+        miss = ~hit
+        empty, first, cols = empty[miss], first[miss], cols[miss]
+        done += width
+        width = min(width * 2, 256)
     return result

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from training.grams import mix
-from training.minhash import EMPTY, oph_signatures
+from training.minhash import _PROBE_SALT, EMPTY, _binned, _densify, oph_signatures
 
 U64 = np.uint64
 
@@ -63,6 +63,38 @@ def test_a_signature_depends_on_its_set_alone(
             assert (batch[row] != EMPTY).all()
         else:
             assert (batch[row] == EMPTY).all()
+
+
+def _densify_one_bin_at_a_time(sigs: np.ndarray, seed: int) -> np.ndarray:
+    """The module docstring's densification, written out bin by bin."""
+    num_perm = sigs.shape[1]
+    result = sigs.copy()
+    for row in range(len(sigs)):
+        if (sigs[row] == EMPTY).all():
+            continue
+        for col in np.flatnonzero(sigs[row] == EMPTY).tolist():
+            attempt = 0
+            while result[row, col] == EMPTY:
+                attempt += 1
+                salt = U64(((seed + attempt) * _PROBE_SALT) & (2**64 - 1))
+                probe = int(mix(np.array([col], dtype=np.uint64) ^ salt)[0] % U64(num_perm))
+                result[row, col] = sigs[row, probe]
+    return result
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=8), st.integers(0, 2**32))
+def test_densification_takes_the_first_non_empty_bin_on_each_probe_sequence(
+    sizes: list[int], seed: int
+) -> None:
+    """Sets of a few shingles (one-shingle sets need hundreds of probes per bin) come out as the
+    bin-by-bin definition gives them: the probes are tried in blocks, in order."""
+    rng = np.random.default_rng(seed)
+    sets = [mix(rng.integers(0, 2**63, size, dtype=np.int64).astype(np.uint64)) for size in sizes]
+    hashes, offsets = _flat(sets)
+    binned = _binned(hashes, offsets.astype(np.int64), 64, seed % 5)
+    expected = _densify_one_bin_at_a_time(binned, seed % 5)
+    assert np.array_equal(_densify(binned, seed % 5), expected)
 
 
 def test_the_seed_changes_the_signature() -> None:
