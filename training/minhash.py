@@ -4,8 +4,7 @@ Each shingle hash is used once: its top bits pick one of ``num_perm`` bins and i
 are its value there; a bin keeps its smallest value (Li, Owen and Zhang, "One Permutation
 Hashing", 2012). A bin no shingle fell into borrows the value of another bin, found by probing
 bins in an order that depends only on the bin number and the seed, so equal sets still get equal
-signatures and ``P(sig_a[j] == sig_b[j])`` stays the Jaccard similarity (Shrivastava, "Optimal
-Densification for Fast and Accurate Minwise Hashing", 2017).
+signatures and ``P(sig_a[j] == sig_b[j])`` stays the Jaccard similarity (``training.densify``).
 
 Quality: the estimate's spread is that of k independent permutations, sd sqrt(J(1-J)/k)
 (0.030 at J = 0.85, k = 128; ``tests/training/test_minhash.py``), which is what
@@ -23,17 +22,15 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from training.densify import EMPTY as EMPTY
+from training.densify import densify
 from training.grams import mix
 
 U64 = npt.NDArray[np.uint64]
 U32 = npt.NDArray[np.uint32]
 
-# The value of a bin no shingle reached (before densification), and of every bin of a text
-# with no shingles at all.
-EMPTY = np.uint32(0xFFFFFFFF)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _SEED_SALT = 0xD6E8FEB86659FD93
-_PROBE_SALT = 0xA0761D6478BD642F
 _MASK64 = (1 << 64) - 1
 # Rows per pass: bounds the temporaries (a few 8-byte arrays per shingle).
 _ROWS_PER_PASS = 4096
@@ -52,7 +49,7 @@ def oph_signatures(hashes: U64, offsets: U64, num_perm: int, seed: int) -> U32:
         piece = hashes[bounds[start] : bounds[stop]]
         parts.append(_binned(piece, bounds[start : stop + 1] - bounds[start], num_perm, seed))
     sigs = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return _densify(sigs, seed)
+    return densify(sigs, seed)
 
 
 def _binned(hashes: U64, offsets: npt.NDArray[np.int64], num_perm: int, seed: int) -> U32:
@@ -71,43 +68,3 @@ def _binned(hashes: U64, offsets: npt.NDArray[np.int64], num_perm: int, seed: in
     # costs twice as much here.
     np.minimum.at(sigs, owner * num_perm + bins.astype(np.intp), values)
     return sigs.reshape(n, num_perm)
-
-
-def _densify(sigs: U32, seed: int) -> U32:
-    """Fill each empty bin from the first non-empty bin on its probe sequence (bin ``j``'s
-    ``t``-th probe is a hash of ``j``, ``t`` and the seed, the same for every text)."""
-    n, num_perm = sigs.shape
-    # Flat positions, so each probe is one gather.
-    source = sigs.ravel()
-    empty = np.flatnonzero(source == EMPTY)
-    rows = empty // num_perm
-    cols = empty - rows * num_perm
-    # Texts with no shingles have nothing to borrow; they keep EMPTY everywhere.
-    some = np.bincount(rows, minlength=n) < num_perm
-    keep = some[rows]
-    empty, cols = empty[keep], cols[keep]
-    first = empty - cols
-    result = sigs.copy()
-    target = result.ravel()
-    bins = np.arange(num_perm, dtype=np.uint64)
-    done = 0
-    width = 1
-    # Probes are tried in blocks of doubling width: most empty bins are filled by their first
-    # probe or two, but one of a text with k non-empty bins needs num_perm / k probes on
-    # average (hundreds for a one-shingle text), and one round per probe made the slowest text
-    # cost as much as all the others. A block wastes at most the probes past the first hit.
-    while len(empty):
-        attempts = np.arange(done + 1, done + width + 1, dtype=np.uint64)
-        salts = ((np.uint64(seed) + attempts) * np.uint64(_PROBE_SALT)) & np.uint64(_MASK64)
-        probes = (mix(bins[None, :] ^ salts[:, None]) % np.uint64(num_perm)).astype(np.int64)
-        # Values are borrowed from the bins as hashed, never from bins filled in this pass.
-        found = source[first[:, None] + probes[:, cols].T]
-        hits = found != EMPTY
-        hit = hits.any(axis=1)
-        which = hits.argmax(axis=1)
-        target[empty[hit]] = found[hit, which[hit]]
-        miss = ~hit
-        empty, first, cols = empty[miss], first[miss], cols[miss]
-        done += width
-        width = min(width * 2, 256)
-    return result

@@ -4,11 +4,14 @@ text's signature does not depend on the batch it is computed in."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import training.densify
+from training.densify import _PROBE_SALT, densify, first_probes
 from training.grams import mix
-from training.minhash import _PROBE_SALT, EMPTY, _binned, _densify, oph_signatures
+from training.minhash import EMPTY, _binned, oph_signatures
 
 U64 = np.uint64
 
@@ -82,19 +85,39 @@ def _densify_one_bin_at_a_time(sigs: np.ndarray, seed: int) -> np.ndarray:
     return result
 
 
+def _few_shingle_sets(sizes: list[int], seed: int, num_perm: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    sets = [mix(rng.integers(0, 2**63, size, dtype=np.int64).astype(np.uint64)) for size in sizes]
+    hashes, offsets = _flat(sets)
+    return _binned(hashes, offsets.astype(np.int64), num_perm, seed % 5)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(0, 12), min_size=1, max_size=8), st.integers(0, 2**32))
 def test_densification_takes_the_first_non_empty_bin_on_each_probe_sequence(
     sizes: list[int], seed: int
 ) -> None:
-    """Sets of a few shingles (one-shingle sets need hundreds of probes per bin) come out as the
-    bin-by-bin definition gives them: the probes are tried in blocks, in order."""
-    rng = np.random.default_rng(seed)
-    sets = [mix(rng.integers(0, 2**63, size, dtype=np.int64).astype(np.uint64)) for size in sizes]
-    hashes, offsets = _flat(sets)
-    binned = _binned(hashes, offsets.astype(np.int64), 64, seed % 5)
+    """Sets of a few shingles (one-shingle sets need ~num_perm probes per bin, so most of their
+    bins are settled from the first-probe table) come out as the bin-by-bin definition gives."""
+    binned = _few_shingle_sets(sizes, seed, 64)
     expected = _densify_one_bin_at_a_time(binned, seed % 5)
-    assert np.array_equal(_densify(binned, seed % 5), expected)
+    assert np.array_equal(densify(binned, seed % 5), expected)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.integers(1, 3), min_size=1, max_size=6), st.integers(0, 2**32))
+def test_bins_the_table_cannot_settle_go_back_to_probing(sizes: list[int], seed: int) -> None:
+    """With a table horizon far too short, many bins have no source met within it; they are
+    probed on from the horizon and still match the definition."""
+    first_probes.cache_clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training.densify, "_HORIZON_PER_BIN", 1)
+        table, horizon = first_probes(64, seed % 5)
+        assert horizon == 64 and (table == np.iinfo(np.int32).max).any()
+        binned = _few_shingle_sets(sizes, seed, 64)
+        expected = _densify_one_bin_at_a_time(binned, seed % 5)
+        assert np.array_equal(densify(binned, seed % 5), expected)
+        first_probes.cache_clear()
 
 
 def test_the_seed_changes_the_signature() -> None:
