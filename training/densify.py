@@ -58,8 +58,8 @@ def densify(sigs: U32, seed: int) -> U32:
     target = result.ravel()
     empty, cols = _probe(source, target, empty, cols, num_perm, seed, 1, _ROUNDS)
     if len(empty):
-        empty, cols, done = _from_table(sigs, target, empty, cols, seed)
-        _probe(source, target, empty, cols, num_perm, seed, done + 1, None)
+        empty, cols, horizon = _from_table(sigs, target, empty, cols, seed)
+        _probe(source, target, empty, cols, num_perm, seed, horizon + 1, None)
     return result
 
 
