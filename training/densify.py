@@ -21,10 +21,9 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from training.grams import mix
+from training.grams import I64, mix
 
 U32 = npt.NDArray[np.uint32]
-I64 = npt.NDArray[np.int64]
 
 # The value of a bin no shingle reached (before densification), and of every bin of a text with
 # no shingles at all.
@@ -34,8 +33,9 @@ _MASK64 = (1 << 64) - 1
 # Rounds probed one at a time before the table takes over.
 _ROUNDS = 8
 # Attempts the table covers, per bin: 4 x num_perm attempts meet ~98% of the (bin, source)
-# pairs (all of them take ~11 x num_perm, and the table's cost grows with num_perm squared: 4 ms
-# at 128 bins, 0.5 s at 1,024); bins whose sources are all among the rest probe on.
+# pairs (all of them take ~11 x num_perm, and the table's cost grows with num_perm squared: 5 ms
+# at 128 bins, 1 s at 1,024, once per process); bins whose sources are all among the rest probe
+# on.
 _HORIZON_PER_BIN = 4
 _NEVER = np.iinfo(np.int32).max
 # Table entries gathered at once (bins still empty x num_perm).
