@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +30,8 @@ from training.curate_config import CurateConfig
 from training.curate_read import Chunk, InFork, chunks, in_fork_available
 from training.dedup import UnionFind, near_pairs, similarity_text
 from training.dedup_index import CandidateIndex
-from training.errors import TrainingError
+from training.errors import DataError, TrainingError
+from training.input_format import sniff
 from training.leakage import GoldenPrompts
 from training.manifest import (
     DATASET,
@@ -44,6 +45,8 @@ from training.manifest import (
     stratified_split,
     write_json_atomic,
 )
+from training.models import EMBEDDED
+from training.outputs import output_errors, refuse_input_inside_output
 from training.pii import PII_TYPES
 from training.quarantine import (
     REASONS,
@@ -55,6 +58,7 @@ from training.quarantine import (
 )
 from training.reader import LineReader
 from training.schema import Admission
+from training.special_tokens import SpecialTokens, load_special_tokens
 from training.spill import ArrowSpill
 from training.teacher import Teacher
 from training.triggers import Trigger, TriggerStats, detect_triggers
@@ -87,26 +91,61 @@ def curate(
     golden: GoldenPrompts | None = None,
     teacher: Teacher | None = None,
     progress: Progress | None = None,
+    special_tokens: SpecialTokens | None = None,
+    allow_empty: bool = False,
 ) -> dict[str, Any]:
-    """Run the pipeline; ``out`` appears complete or not at all. Returns the manifest."""
+    """Run the pipeline; ``out`` appears complete or not at all. Returns the manifest.
+
+    ``special_tokens`` are screened in every turn (default: the embedded model's tokenizer's,
+    see ``special_tokens.load_special_tokens``). A run that keeps no training row is a
+    ``DataError`` naming the input and what its lines looked like, and nothing is written,
+    unless ``allow_empty``. Any ``OSError`` on the output side is an ``OutputError``."""
+    refuse_input_inside_output(input_path, out, "input file")
     reader = LineReader(input_path, max_line_bytes=config.read.max_line_bytes)
+    sniffed = sniff(reader.path, reader.size)
+    if sniffed is not None and not (sniffed.empty and allow_empty):
+        raise DataError(f"input file {reader.path} {sniffed.looks}")
     if config.augment.n > 0 and teacher is None:
         raise TrainingError("augmentation requested (augment.n > 0) but no teacher was given")
-    staging = staging_dir(out)
-    # The run keeps a few small objects per record alive until the end; the cyclic collector
-    # would rescan them all, ever more slowly, and there are no cycles to find.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        manifest = _Run(config, staging, golden, teacher, progress or NoProgress()).run(reader)
-        promote(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        if collecting:
-            gc.enable()
+    special = special_tokens if special_tokens is not None else load_special_tokens(EMBEDDED)
+    with output_errors(out):
+        staging = staging_dir(out)
+        # The run keeps a few small objects per record alive until the end; the cyclic
+        # collector would rescan them all, ever more slowly, and there are no cycles to find.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            run = _Run(config, staging.path, golden, teacher, progress or NoProgress(), special)
+            manifest = run.run(reader)
+            if not allow_empty and manifest["counts"]["train"] == 0:
+                raise DataError(empty_result_message(reader.path, manifest, run.first_reject))
+            promote(staging.path, out)
+        except BaseException:
+            shutil.rmtree(staging.path, ignore_errors=True)
+            raise
+        finally:
+            staging.release()
+            if collecting:
+                gc.enable()
     return manifest
+
+
+def empty_result_message(path: Path, manifest: Mapping[str, Any], first: str | None) -> str:
+    """One line: the input kept no training row, and what its lines were quarantined for."""
+    counts = manifest["counts"]
+    reasons = sorted(manifest["reasons"].items(), key=lambda item: (-item[1], item[0]))
+    why = ", ".join(f"{reason} x{n}" for reason, n in reasons[:3]) or "no lines"
+    if counts["read"] == 0:
+        looks = "it has no lines"
+    elif counts["kept"] == 0:
+        looks = f"every line was quarantined: {counts['read']} read, {why}"
+    else:
+        looks = f"{counts['kept']} records kept but none in the train split"
+    example = f"; first: {first}" if first else ""
+    return (
+        f"{path}: no training records ({looks}){example}; is it chat JSONL, one object per line? "
+        "pass --allow-empty to write an empty dataset anyway"
+    )
 
 
 class _Run:
@@ -117,13 +156,15 @@ class _Run:
         golden: GoldenPrompts | None,
         teacher: Teacher | None,
         progress: Progress,
+        special: SpecialTokens | None = None,
     ) -> None:
         self.cfg = config
         self.staging = staging
         self.golden = golden
         self.teacher = teacher
         self.progress = progress
-        self.admission = Admission(config)
+        self.admission = Admission(config, special)
+        self.first_reject: str | None = None
         self.spill = ArrowSpill(staging / ".spill")
         # The prompts' similarity texts, for the passes that need nothing else (near-dup detail,
         # triggers, augmentation): small rows, cheap to re-read.
@@ -175,6 +216,8 @@ class _Run:
                 reported = reader.bytes_read
         self.stats.update(read=read, input_sha256=reader.sha256, input_bytes=reader.bytes_read)
         self.stats["input_path"] = str(reader.path)
+        special = self.admission.special
+        self.stats["special_tokens"] = special.describe() if special else None
         # Trigger detection needs only the first pass's totals: with workers, it runs in a
         # forked process while this one does the near-duplicate pass.
         searching = self.cfg.poison.triggers != "off"
@@ -192,6 +235,8 @@ class _Run:
         records (small fields, spill rows, signatures and trigger totals)."""
         for reject in chunk.rejects:
             rejects.write(reject)
+        if self.first_reject is None and chunk.rejects:
+            self.first_reject = chunk.rejects[0].message
         self.spill.append_file(chunk.spill)
         self.prompts.append_file(chunk.prompts)
         self.stats["labels_before"].update([label or "<none>" for label in chunk.labels])

@@ -7,6 +7,9 @@ Progress goes to stderr (a rich bar, hidden when stderr is not a terminal or wit
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,16 +61,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, metavar="N", help="processes for parsing and scrubbing (default 1)"
     )
+    parser.add_argument(
+        "--base-model",
+        default="embedded",
+        metavar="SPEC",
+        help="base model whose tokenizer's special tokens are refused in any turn: 'embedded' "
+        "(default), a model directory, a cached hub id, or 'none' (common chat markers only)",
+    )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="write the dataset even when no record is kept (otherwise an error)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    """The command, with its process-level behaviour: SIGTERM and Ctrl-C remove the staging
+    directory and end with one line (exit 143 / 130), and a closed stdout (``| head -1``) ends
+    the summary quietly."""
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was promoted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SystemExit unwinds through curate's cleanup (the staging directory is removed).
+    print("error: terminated; no output was promoted", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
+def _run(args: argparse.Namespace) -> int:
     from training.curate import curate
     from training.curate_config import load_config, with_overrides
     from training.leakage import load_golden_prompts
+    from training.outputs import refuse_input_inside_output
+    from training.special_tokens import load_special_tokens
 
     if not args.input.is_file():
         raise DataError(f"input file {args.input} does not exist")
+    for what, path in (("input file", args.input), ("--golden", args.golden),
+                       ("--config", args.config)):  # fmt: skip
+        if path is not None:
+            refuse_input_inside_output(path, args.out, what)
+    special = load_special_tokens(args.base_model)
     augment = {"n": args.augment, "teacher": args.teacher, "teacher_model": args.teacher_model}
     config = with_overrides(load_config(args.config), augment=augment,
                             read={"workers": args.workers})  # fmt: skip
@@ -89,10 +131,32 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _RichProgress(err, enabled=not args.no_progress) as progress:
         manifest = curate(args.input, args.out, config, golden=golden, teacher=teacher,
-                          progress=progress)  # fmt: skip
+                          progress=progress, special_tokens=special,
+                          allow_empty=args.allow_empty)  # fmt: skip
     elapsed = time.perf_counter() - started
-    Console().print(summary_table(manifest, args.out, elapsed))
+    try:
+        _SummaryConsole().print(summary_table(manifest, args.out, elapsed))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
     return 0
+
+
+def _stdout_to_devnull() -> None:
+    # The reader went away (``| head``); the output is promoted, so this is still success.
+    # stdout points at /dev/null from here, so the interpreter's final flush cannot fail.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class _SummaryConsole(Console):
+    """rich's console, but a closed stdout ends the summary instead of the process (rich's
+    own handler exits 1 after the run has succeeded)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _stdout_to_devnull()
 
 
 class _RichProgress:

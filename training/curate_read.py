@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from training.spill import prompt_batch, spill_batch, write_batch
 
 if TYPE_CHECKING:
     from training.curate_config import CurateConfig
+    from training.special_tokens import SpecialTokens
 
 
 class Chunk(NamedTuple):
@@ -143,7 +145,8 @@ def chunks(
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with context.Pool(workers, initializer=_start_worker, initargs=(admission.cfg,)) as pool:
+    initargs = (admission.cfg, admission.special)
+    with context.Pool(workers, initializer=_start_worker, initargs=initargs) as pool:
         pending: deque[Any] = deque()
         for number, block in enumerate(reader.blocks()):
             pending.append(pool.apply_async(_admit_in_worker, (number, block, where, bands)))
@@ -156,12 +159,20 @@ def chunks(
 _worker_admission: Admission | None = None
 
 
-def _start_worker(config: CurateConfig) -> None:
+def _start_worker(config: CurateConfig, special: SpecialTokens | None) -> None:
     global _worker_admission
+    quiet_child_signals()
     # Workers hold no long-lived cycles; the collector would only rescan the chunk's objects.
     gc.disable()
     keep_freed_memory()
-    _worker_admission = Admission(config)
+    _worker_admission = Admission(config, special)
+
+
+def quiet_child_signals() -> None:
+    """In a child: Ctrl-C is the parent's to handle (it stops the children), and SIGTERM,
+    which the parent turns into an exit, ends a child at once, without a traceback each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _admit_in_worker(number: int, block: Block, where: Path, bands: int) -> Chunk:
@@ -206,6 +217,7 @@ class InFork:
 
 
 def _send(fn: Callable[[], Any], writer: Any) -> None:
+    quiet_child_signals()
     keep_freed_memory()
     try:
         result = (True, fn())

@@ -6,6 +6,7 @@
     ├── DataError             input cannot be read at all (a bad *line* is quarantined instead)
     ├── TeacherError          the augmentation teacher model failed
     ├── OutputExistsError     an output directory exists and is not ours to replace
+    ├── OutputError           an output path cannot be written (read-only, full, loop, access)
     └── TrainingFailed        a run stopped itself; no adapter was promoted
         ├── DivergenceDetected    NaN/inf, loss above the cap, a spike, or zero LoRA gradients
         └── OutOfMemory           with the next setting to try
@@ -58,3 +59,8 @@ class TeacherError(TrainingError):
 
 class OutputExistsError(TrainingError):
     """An output directory exists and is not one qlgate wrote, so it is not replaced."""
+
+
+class OutputError(TrainingError):
+    """An output could not be written (read-only or full disk, a symlink loop, no permission);
+    the message names the path and the errno, and nothing was promoted."""

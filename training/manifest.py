@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from training.errors import OutputExistsError
+from training.outputs import OwnedDir, check_output_path, owned_dir, sweep_stale
 
 if TYPE_CHECKING:
     from training.curate_config import CurateConfig
@@ -45,9 +46,12 @@ _VERSIONED = (
 )
 
 
-def staging_dir(out: Path) -> Path:
+def staging_dir(out: Path) -> OwnedDir:
     """A fresh staging directory next to ``out`` (same filesystem, so the final rename is
-    atomic). Refuses to go ahead if ``out`` holds something other than an earlier run."""
+    atomic), held under this process's lock (``outputs.owned_dir``); stale ones of dead runs
+    are removed first. Refuses to go ahead if ``out`` holds something other than an earlier
+    run."""
+    check_output_path(out)
     if out.exists():
         if not out.is_dir():
             raise OutputExistsError(f"output {out} exists and is not a directory")
@@ -57,16 +61,22 @@ def staging_dir(out: Path) -> Path:
                 "refusing to replace what curation did not write"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    sweep_stale(out.parent, f".{out.name}.old-", restore=out)
+    return owned_dir(out.parent, f".{out.name}.staging-")
 
 
 def promote(staging: Path, out: Path) -> None:
-    """Move the finished staging directory to ``out``, replacing an earlier run's output."""
+    """Move the finished staging directory to ``out``, replacing an earlier run's output
+    (swapped into an owned trash directory first, so a run dying between the two renames
+    leaves the old output for the next run to restore)."""
     if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(trash / out.name)
-        staging.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
+        trash = owned_dir(out.parent, f".{out.name}.old-")
+        try:
+            out.rename(trash.path / out.name)
+            staging.rename(out)
+            shutil.rmtree(trash.path, ignore_errors=True)
+        finally:
+            trash.release()
     else:
         staging.rename(out)
 
@@ -237,7 +247,10 @@ class DatasetSink:
             parts = {
                 split: Dataset.from_file(str(self._dir / f"{split}.arrow")) for split in SPLITS
             }
-            DatasetDict(parts).save_to_disk(str(target))
+            # An empty split saved with the default sharding gets no shard at all, and
+            # ``load_from_disk`` then fails with an IndexError: give it one empty shard.
+            shards = {split: 1 if not len(part) else None for split, part in parts.items()}
+            DatasetDict(parts).save_to_disk(str(target), num_shards=shards)
         finally:
             if enabled:
                 datasets.enable_progress_bars()
@@ -339,6 +352,7 @@ def build_manifest(
             if golden is None
             else {"path": golden.path, "cases": len(golden.ids), "sha256": golden.sha256}
         },
+        "special_tokens": stats.get("special_tokens"),
         "augment": dict(augment),
         "config": config_to_dict(config),
         "versions": library_versions(),

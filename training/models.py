@@ -26,6 +26,7 @@ from filelock import FileLock
 
 from training.errors import ModelResolutionError
 from training.fingerprint import sha256_file
+from training.outputs import output_errors
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -119,26 +120,35 @@ def embedded_model_dir(home: Path | None = None, convert: Converter | None = Non
     target = root / "smollm2-135m-instruct"
     if _is_valid(target):
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".smollm2-135m-instruct.lock")):
-        # Another process may have finished the conversion while we waited for the lock.
-        if _is_valid(target):
-            return target
-        source = gguf_path()
-        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=root))
-        try:
-            (convert or _convert_gguf)(source, staging)
-            _write_marker(staging, source)
-            if target.exists():
-                trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=root))
-                target.rename(trash / target.name)
-                shutil.rmtree(trash, ignore_errors=True)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with output_errors(target):
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / ".smollm2-135m-instruct.lock")):
+            # Another process may have finished the conversion while we waited for the lock.
+            if _is_valid(target):
+                return target
+            _convert_locked(root, target, convert)
     if not _is_valid(target):
         raise ModelResolutionError(f"converted model at {target} failed its own integrity check")
     return target
+
+
+def _convert_locked(root: Path, target: Path, convert: Converter | None) -> None:
+    """Convert into ``target`` while holding the conversion lock."""
+    # Only the lock holder converts, so any scratch directory here is a dead run's.
+    for stale in [*root.glob(".convert-*"), *root.glob(".trash-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    source = gguf_path()
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=root))
+    try:
+        (convert or _convert_gguf)(source, staging)
+        _write_marker(staging, source)
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=root))
+            target.rename(trash / target.name)
+            shutil.rmtree(trash, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -204,3 +214,19 @@ def cache_identity(model_dir: Path) -> str | None:
         return str(marker["files"]["model.safetensors"]["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def embedded_tokenizer_source(home: Path | None = None) -> tuple[str, Path]:
+    """Where the embedded model's tokenizer can be read without converting anything:
+    ``("dir", converted model directory)`` when the cache holds its tokenizer files intact
+    (only those small files are hashed, not the weights), else ``("gguf", the GGUF file)``."""
+    target = (home or qlgate_home()) / "models" / "smollm2-135m-instruct"
+    try:
+        marker = json.loads((target / MARKER).read_text(encoding="utf-8"))
+        files: dict[str, dict[str, object]] = marker["files"]
+        names = [n for n in ("tokenizer.json", "tokenizer_config.json") if n in files]
+        if names and all(sha256_file(target / n) == files[n]["sha256"] for n in names):
+            return "dir", target
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return "gguf", gguf_path()

@@ -23,16 +23,26 @@ from training import poison
 from training.dedup import conversation_id, prompt_text, similarity_text
 from training.pii import Scrubber
 from training.pii_screen import needs_scrub
-from training.quarantine import QuarantineRow, message_for
+from training.quarantine import STAGE_OF, QuarantineRow, message_for
 from training.reader import LineProblem, RawLine, decode_line
 
 if TYPE_CHECKING:
     from training.curate_config import CurateConfig
+    from training.special_tokens import SpecialTokens
 
 ROLES = ("system", "user", "assistant")
 KNOWN_KEYS = frozenset({"messages", "metadata"})
 KNOWN_METADATA = frozenset({"quality_score", "label", "tags", "source"})
 UnknownKeyPolicy = Literal["keep", "drop", "reject"]
+# Metadata is free-form, but nothing real nests this deep, and past ~250 levels the JSON writer
+# and the recursive scrubber give up (a RecursionError used to end the whole run).
+MAX_METADATA_DEPTH = 64
+# Reason codes of two record checks. They use dedicated codes once ``quarantine.STAGES`` lists
+# them (``schema_too_deep``; ``special_token``, a poison reason) and ``schema_invalid`` until
+# then, so a row is never refused for an unknown reason.
+TOO_DEEP_REASON = "schema_too_deep" if "schema_too_deep" in STAGE_OF else "schema_invalid"
+SPECIAL_TOKEN_REASON = "special_token" if "special_token" in STAGE_OF else "schema_invalid"
+_CONTAINERS = (dict, list)
 
 
 class ChatMessage(BaseModel):
@@ -134,13 +144,47 @@ def parse_example(
         # Unknown keys are moved aside before validation so the model itself stays strict.
         moved = {key: obj[key] for key in extra}
         obj = {key: obj[key] for key in obj if key in KNOWN_KEYS}
+        deep = _too_deep("", moved)
+        if deep is not None:
+            return deep
     else:
         moved = {}
+    meta = obj.get("metadata")
+    if type(meta) is dict:
+        deep = _too_deep("metadata.", meta)
+        if deep is not None:
+            return deep
     fast = _fast_example(obj)
     example = fast if fast is not None else _pydantic_example(obj)
     if isinstance(example, SchemaIssue) or not moved or unknown_keys == "drop":
         return example
     return Example(example.messages, example.label, example.source, {**example.metadata, **moved})
+
+
+def _too_deep(prefix: str, mapping: dict[str, Any]) -> SchemaIssue | None:
+    """The issue of a value of ``mapping`` nested past ``MAX_METADATA_DEPTH``, else ``None``.
+    Level by level without recursion; flat metadata (the usual case) costs one pass over its
+    values."""
+    for key, value in mapping.items():
+        if type(value) not in _CONTAINERS:
+            continue
+        frontier = [value]
+        for _ in range(MAX_METADATA_DEPTH):
+            below: list[Any] = []
+            for item in frontier:
+                children = item.values() if type(item) is dict else item
+                below += [c for c in children if type(c) in _CONTAINERS]
+            if not below:
+                break
+            frontier = below
+        else:
+            field = f"{prefix}{key}"
+            return SchemaIssue(
+                (TOO_DEEP_REASON,),
+                field,
+                f"field {field}: nested more than {MAX_METADATA_DEPTH} levels deep",
+            )
+    return None
 
 
 def _pydantic_example(obj: dict[str, Any]) -> Example | SchemaIssue:
@@ -326,8 +370,9 @@ class Admitted(NamedTuple):
 class Admission:
     """Per-record stages 1-4 (decode, schema and rules, scrub, keys); no cross-record state."""
 
-    def __init__(self, config: CurateConfig) -> None:
+    def __init__(self, config: CurateConfig, special: SpecialTokens | None = None) -> None:
         self.cfg = config
+        self.special = special
         self.scrubber = Scrubber(config.pii) if config.pii.types else None
         self.scanner = poison.AnswerScanner(config.poison.url_allow)
 
@@ -341,7 +386,9 @@ class Admission:
         are nearly all of them and cost it tens of microseconds each."""
         checked = [self.check_line(raw) for raw in raws]
         if self.scrubber is None:
-            return [c if isinstance(c, QuarantineRow) else self.admit(c) for c in checked]
+            return [
+                c if isinstance(c, QuarantineRow) else self._admit_safely(c, None) for c in checked
+            ]
         texts = [t for c in checked if not isinstance(c, QuarantineRow) for _, t in c.messages]
         dirty = needs_scrub(texts).tolist()
         out: list[Admitted | QuarantineRow] = []
@@ -351,9 +398,17 @@ class Admission:
                 out.append(c)
                 continue
             count = len(c.messages)
-            out.append(self.admit(c, dirty[at : at + count]))
+            out.append(self._admit_safely(c, dirty[at : at + count]))
             at += count
         return out
+
+    def _admit_safely(self, c: Checked, dirty: Sequence[bool] | None) -> Admitted | QuarantineRow:
+        # ``check`` bounds the nesting; this is the backstop for whatever it missed, so one
+        # record can never end the run (a try costs nothing in CPython 3.11 until it raises).
+        try:
+            return self.admit(c, dirty)
+        except RecursionError:
+            return _too_deep_row(c.line or 0, c.raw)
 
     def check_line(self, raw: RawLine) -> Checked | QuarantineRow:
         """Decode, schema and rules: a record ready for ``admit``, or its quarantine row."""
@@ -364,7 +419,10 @@ class Admission:
                 raw.number, raw.data, (obj.reason,), None,
                 message_for(raw.number, None, obj.message), truncated_size=size,
             )  # fmt: skip
-        result = self.check(obj, raw.number, raw.data)
+        try:
+            result = self.check(obj, raw.number, raw.data)
+        except RecursionError:
+            return _too_deep_row(raw.number, raw.data)
         if isinstance(result, SchemaIssue):
             return QuarantineRow(
                 raw.number, raw.data, result.reasons, result.field,
@@ -382,6 +440,11 @@ class Admission:
         if isinstance(example, SchemaIssue):
             return example
         flags = self._scan_answers(example)
+        if self.special is not None:
+            forged = special_token_issue(example, self.special)
+            if forged is not None:
+                extra = tuple(reason for reason, _ in flags if reason not in forged.reasons)
+                return SchemaIssue(forged.reasons + extra, forged.field, forged.message)
         ruled = apply_record_rules(
             example,
             labels=cfg.schema.labels,
@@ -437,6 +500,31 @@ class Admission:
                 if check.url:
                     flags.append(("url_in_answer", check.url))
         return tuple(f for f in flags if policies[f[0]] != "off")
+
+
+def special_token_issue(example: Example, special: SpecialTokens) -> SchemaIssue | None:
+    """The issue of the first turn (any role) that holds one of ``special``'s tokens."""
+    # One cheap screen over the whole conversation; almost every record stops here.
+    if not special.may_hold("\n".join([content for _, content in example.messages])):
+        return None
+    for index, (_, content) in enumerate(example.messages):
+        token = special.find(content)
+        if token is not None:
+            field = f"messages[{index}].content"
+            return SchemaIssue(
+                (SPECIAL_TOKEN_REASON,),
+                field,
+                f"field {field}: holds {token!r}, a special token ({special.source}); "
+                "the tokenizer would make it a control token and forge chat structure",
+            )
+    return None
+
+
+def _too_deep_row(line: int, raw: bytes) -> QuarantineRow:
+    return QuarantineRow(
+        line, raw, (TOO_DEEP_REASON,), None,
+        message_for(line, None, "record is nested too deeply to process"),
+    )  # fmt: skip
 
 
 def _scrub_value(value: Any, scrub: Any, counts: dict[str, int]) -> Any:

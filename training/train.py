@@ -14,7 +14,6 @@ import gc
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -29,10 +28,19 @@ from training.config import (
     resolve_plan,
     with_overrides,
 )
-from training.errors import ConfigError, OutOfMemory
+from training.errors import ConfigError, OutOfMemory, OutputError
 from training.fingerprint import TOKENIZER_FILES, weights_sha256
 from training.formatting import CuratedData, load_curated
+from training.manifest import promote
 from training.models import resolve
+from training.outputs import (
+    OwnedDir,
+    describe_os_error,
+    output_errors,
+    owned_dir,
+    refuse_input_inside_output,
+    sweep_stale,
+)
 from training.provenance import (
     FILENAME,
     Provenance,
@@ -113,7 +121,9 @@ def train_adapter(
     started = time.perf_counter()
     config = load_config(config_path, overrides)
     out_dir = Path(out_dir).absolute()
-    _check_out_dir(out_dir)
+    refuse_input_inside_output(Path(data_dir), out_dir, "--data")
+    with output_errors(out_dir):
+        _check_out_dir(out_dir)
     data = load_curated(Path(data_dir))
     base = resolve(config.model.base_model)
     plan = resolve_plan(config, _hardware(config))
@@ -164,58 +174,76 @@ def _train_once(
 ) -> Path:
     from accelerate import PartialState
 
-    from training.trainer_setup import build_trainer
-
     state = PartialState()
-    work = _shared_work_dir(inputs.out_dir, state)
+    with output_errors(inputs.out_dir):
+        owned = _shared_work_dir(inputs.out_dir, state)
+    work = owned.path
     try:
-        run = build_trainer(
-            config, plan, inputs.data, inputs.base_path, work / "checkpoints", callbacks
-        )
-        metrics: dict[str, Any] = {}
-        if run.evaluate_baseline:
-            metrics.update(run.baseline_metrics())
-        result = run.trainer.train()
-        metrics.update(run.final_metrics(result))
-        if retries:
-            metrics["oom_retries"] = list(retries)
-        if state.is_main_process:
-            staging = work / "adapter"
-            run.trainer.model.save_pretrained(str(staging))
-            _copy_tokenizer(inputs.base_path, staging)
-            tokenizer_hash, template_hash = tokenizer_hashes(inputs.base_path)
-            if tokenizer_hashes(staging) != (tokenizer_hash, template_hash):
-                raise ConfigError(
-                    f"tokenizer copied from {inputs.base_path} does not hash like the base"
-                )
-            record = Provenance(
-                base_model=base_model_record(inputs.base_spec, inputs.base_path),
-                tokenizer_sha256=tokenizer_hash,
-                chat_template_sha256=template_hash,
-                dataset=dataset_record(inputs.data.path),
-                config={
-                    **config.to_dict(),
-                    "source": str(inputs.config_path) if inputs.config_path else None,
-                    "resolved": {
-                        **asdict(plan),
-                        "world_size": state.num_processes,
-                        "threads": inputs.threads,
-                    },
-                },
-                versions=library_versions(),
-                git_commit=git_commit(),
-                metrics=metrics,
-                wall_time_s=round(time.perf_counter() - inputs.started, 3),
-                tokens_per_s=float(metrics.get("train_tokens_per_s", 0.0)),
-                adapter_weights_sha256=weights_sha256(staging),
-            )
-            write_provenance(staging, record)
-            _promote(staging, inputs.out_dir)
-        state.wait_for_everyone()
-        return inputs.out_dir
+        return _train_in(config, plan, inputs, callbacks, retries, state, work)
+    except OSError as exc:
+        # A full or read-only disk under a checkpoint or the adapter: one line, not a traceback.
+        raise OutputError(describe_os_error(exc, inputs.out_dir)) from None
     finally:
         if state.is_main_process:
             shutil.rmtree(work, ignore_errors=True)
+        owned.release()
+
+
+def _train_in(
+    config: TrainConfig,
+    plan: RunPlan,
+    inputs: RunInputs,
+    callbacks: Sequence[Any],
+    retries: list[dict[str, int]],
+    state: Any,
+    work: Path,
+) -> Path:
+    from training.trainer_setup import build_trainer
+
+    run = build_trainer(
+        config, plan, inputs.data, inputs.base_path, work / "checkpoints", callbacks
+    )
+    metrics: dict[str, Any] = {}
+    if run.evaluate_baseline:
+        metrics.update(run.baseline_metrics())
+    result = run.trainer.train()
+    metrics.update(run.final_metrics(result))
+    if retries:
+        metrics["oom_retries"] = list(retries)
+    if state.is_main_process:
+        staging = work / "adapter"
+        run.trainer.model.save_pretrained(str(staging))
+        _copy_tokenizer(inputs.base_path, staging)
+        tokenizer_hash, template_hash = tokenizer_hashes(inputs.base_path)
+        if tokenizer_hashes(staging) != (tokenizer_hash, template_hash):
+            raise ConfigError(
+                f"tokenizer copied from {inputs.base_path} does not hash like the base"
+            )
+        record = Provenance(
+            base_model=base_model_record(inputs.base_spec, inputs.base_path),
+            tokenizer_sha256=tokenizer_hash,
+            chat_template_sha256=template_hash,
+            dataset=dataset_record(inputs.data.path),
+            config={
+                **config.to_dict(),
+                "source": str(inputs.config_path) if inputs.config_path else None,
+                "resolved": {
+                    **asdict(plan),
+                    "world_size": state.num_processes,
+                    "threads": inputs.threads,
+                },
+            },
+            versions=library_versions(),
+            git_commit=git_commit(),
+            metrics=metrics,
+            wall_time_s=round(time.perf_counter() - inputs.started, 3),
+            tokens_per_s=float(metrics.get("train_tokens_per_s", 0.0)),
+            adapter_weights_sha256=weights_sha256(staging),
+        )
+        write_provenance(staging, record)
+        promote(staging, inputs.out_dir)
+    state.wait_for_everyone()
+    return inputs.out_dir
 
 
 def _hardware(config: TrainConfig) -> Hardware:
@@ -274,21 +302,26 @@ def _check_out_dir(out_dir: Path) -> None:
             f"--out {out_dir}: exists and is not a qlgate adapter directory; refusing to replace it"
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A run that died between swapping the old adapter out and the new one in left it aside.
+    sweep_stale(out_dir.parent, f".{out_dir.name}.old-", restore=out_dir)
 
 
-def _shared_work_dir(out_dir: Path, state: Any) -> Path:
+def _shared_work_dir(out_dir: Path, state: Any) -> OwnedDir:
     """A scratch directory beside ``out_dir`` (same filesystem, so promotion is a rename),
-    created by the main process and shared with every DDP rank."""
+    created and held under a lock by the main process (``outputs.owned_dir``: work dirs of
+    dead runs are swept), and shared with every DDP rank."""
     path = ""
+    owned = None
     if state.is_main_process:
-        path = tempfile.mkdtemp(prefix=f".{out_dir.name}.work-", dir=out_dir.parent)
+        owned = owned_dir(out_dir.parent, f".{out_dir.name}.work-")
+        path = str(owned.path)
     if state.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
         box = [path]
         broadcast_object_list(box)
         path = box[0]
-    return Path(path)
+    return owned if owned is not None else OwnedDir(Path(path), None)
 
 
 def _copy_tokenizer(base: Path, staging: Path) -> None:
@@ -296,17 +329,6 @@ def _copy_tokenizer(base: Path, staging: Path) -> None:
         source = base / name
         if source.is_file():
             shutil.copyfile(source, staging / name)
-
-
-def _promote(staging: Path, out_dir: Path) -> None:
-    """Rename the finished adapter into place; a previous adapter there is swapped out first."""
-    if out_dir.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        out_dir.rename(trash / out_dir.name)
-        staging.rename(out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        staging.rename(out_dir)
 
 
 def _free_memory() -> None:

@@ -84,10 +84,20 @@ def run(args: argparse.Namespace) -> int:
     from training.provenance import read_provenance
     from training.train import train_adapter
 
-    out = train_adapter(args.data, args.out, config_path=args.config, overrides=overrides)
+    try:
+        out = train_adapter(args.data, args.out, config_path=args.config, overrides=overrides)
+    except KeyboardInterrupt:
+        # The trainer's finally blocks have removed the scratch directory by now.
+        print("error: interrupted; no adapter was promoted", file=sys.stderr)
+        return 130
     if _is_main_process():
         record = read_provenance(out)
-        _summary(out, record.metrics, record.wall_time_s, record.tokens_per_s)
+        try:
+            _summary(out, record.metrics, record.wall_time_s, record.tokens_per_s)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The adapter is promoted; only the summary's reader went away (``| head``).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     _end_distributed()
     return 0
 
@@ -105,6 +115,7 @@ def _end_distributed() -> None:
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    print("error: terminated; no adapter was promoted", file=sys.stderr)
     sys.exit(128 + signum)
 
 
