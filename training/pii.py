@@ -1,31 +1,27 @@
 """PII scrubbing: find personal data and secrets in free text and replace them with typed
 placeholders (``<EMAIL>``, ``<PHONE>``, ...).
 
-Detection is candidate-then-verify: a cheap regex proposes spans and a checksum or parser confirms
-them (Luhn for cards via ``stdnum.luhn``, the IBAN mod-97 check via ``stdnum.iban``, SSN area and
-group rules via ``stdnum.us.ssn``, ``phonenumbers`` for phones, ``ipaddress`` for IPs), so order
-numbers and version strings that only look like PII survive. Secret shapes follow the token formats
-their issuers document (the same shapes detect-secrets and gitleaks match); detect-secrets itself
-scans files line by line and would cost a process-wide plugin scan per turn.
+Matching reads a folded copy of the text (``pii_text.fold``: NFKC, invisible characters dropped,
+any script's digits as ASCII) and replaces through a map back to the original, so full-width and
+zero-width-split PII is found while the prose around it stays as written. The finders, one per
+type, are in ``pii_find`` (candidate regex, then a checksum or parser).
 
-Types run in a fixed order and each pass sees the previous pass's placeholders, which contain no
-digits, ``@`` or ``:``, so no later pattern can re-match them. ``scrub`` repeats until nothing
-changes, which makes idempotence hold by construction rather than by careful regex reading.
+Types run in a fixed order; each type's spans are masked before the next looks, so one character
+belongs to one span. ``scrub`` repeats until nothing changes, which makes idempotence hold by
+construction rather than by careful regex reading.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-import phonenumbers
 from pydantic import ConfigDict, with_config
-from stdnum import iban as _iban
-from stdnum import luhn as _luhn
-from stdnum.us import ssn as _ssn
+
+from training import pii_find
+from training.pii_text import fold
 
 PII_TYPES: tuple[str, ...] = ("secret", "email", "iban", "ip", "ssn", "card", "phone")
 PLACEHOLDERS: Mapping[str, str] = {
@@ -40,65 +36,42 @@ PLACEHOLDERS: Mapping[str, str] = {
 # A scrubbed text converges in one or two passes; the bound only guards against a pattern bug.
 _MAX_PASSES = 4
 
-_SECRET_SHAPES = re.compile(
-    r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----.*?-----END [A-Z ]{0,40}PRIVATE KEY-----"
-    r"|(?<![A-Za-z0-9_-])(?:"
-    r"sk-(?:proj-|ant-|live-|svcacct-)?[A-Za-z0-9_-]{20,}"
-    r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}"
-    r"|(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA)[A-Z0-9]{16}"
-    r"|gh[pousr]_[A-Za-z0-9]{36,255}"
-    r"|github_pat_[A-Za-z0-9_]{22,255}"
-    r"|glpat-[A-Za-z0-9_-]{20,}"
-    r"|xox[abposr]-[A-Za-z0-9-]{10,}"
-    r"|AIza[0-9A-Za-z_-]{35}"
-    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-    r")(?![A-Za-z0-9_-])",
-    re.DOTALL,
-)
-# Only the credential after the keyword is secret; the keyword keeps the sentence readable.
-_SECRET_KEYWORD = re.compile(
-    r"(?P<kw>(?i:bearer)\s+|(?i:password|passwd|api[_-]?key|secret[_-]?key|access[_-]?token)"
-    r"\s*[:=]\s*[\"']?)(?!<[A-Z]+>)(?P<val>[A-Za-z0-9._~+/=!@#$%^&*-]{8,})"
-)
-# Every fixed-shape token is at least 15 characters without whitespace (Slack's "xoxb-" and 10),
-# private-key blocks start with "-----BEGIN", and the keyword forms need "bearer" or a ':' or '='.
-# ``pii_screen`` mirrors these guards.
+# Fixed-shape secret tokens are at least 15 characters without whitespace (Slack's "xoxb-" and
+# 10); armoured blocks start with "-BEGIN". ``pii_screen`` mirrors every guard below.
 SECRET_MIN_TOKEN = 15
-_SECRET_KEYWORDS = ("passw", "key", "token")
+# Words (lower-cased) that send a text to a pattern on their own, only beside a ':' or '=', and
+# only beside at least MIN_DIGITS_FOR_CODES digits (PINs and card security codes).
+ALONE_WORDS: tuple[str, ...] = (
+    "-begin", "bearer", "passw", "passc", "passp", "pwd",
+    "%40", "&#", "&commat", "(at)", "[at]", "{at}", "<at>", "dot",
+)  # fmt: skip
+ASSIGN_WORDS: tuple[str, ...] = ("key", "token", "secret", "auth", "credential")
+CODE_WORDS: tuple[str, ...] = ("pin", "cvv", "cvc", "csc")
+MIN_DIGITS_FOR_CODES = 3
+# SSN, card and phone need this many digits in the text and a run of digits and separators.
+DIGIT_GUARD = 7
+RUN_CHARS = "0123456789 ().-/_+\t"
+_DIGIT_RUN = re.compile(r"[0-9][0-9 ().\-/_+\t]{5,}[0-9]")
 _DIGITS = "0123456789"
+_EMAIL_WORDS = ("@", "%40", "&#", "&commat", "(at)", "[at]", "{at}", "<at>")
 _CACHE_ENTRIES = 16384
 _CACHE_MAX_CHARS = 2048
-_EMAIL = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-)
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{1,4}){3,9}(?![A-Za-z0-9])")
-_IPV4 = re.compile(r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9]|\.[0-9])")
-_IPV6 = re.compile(
-    r"(?<![0-9A-Za-z:])(?=[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:]{2,39}"
-    r"(?:(?<=:)(?:[0-9]{1,3}\.){3}[0-9]{1,3})?(?:%[A-Za-z0-9._]{1,16})?(?![0-9A-Za-z:])"
-)
-_SSN = re.compile(r"(?<![0-9-])[0-9]{3}([- ])[0-9]{2}\1[0-9]{4}(?![0-9-])")
-_CARD = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
-# Phone candidates: optional + or 00, then digits with the separators people type. Everything
-# beyond the shape (length, country plan, validity) is phonenumbers' call.
-_PHONE = re.compile(r"(?<![0-9A-Za-z+])(?:\+|\b00)?\(?[0-9][0-9 ().\-/]{5,22}[0-9](?![0-9])")
-# Every digit-bearing type (SSN, card, phone, IPv4, IBAN account part) has a run of at least
-# seven digits and separators; text without one skips those patterns entirely.
-_DIGIT_RUN = re.compile(r"[0-9][0-9 ().\-/]{5,}[0-9]")
-# SSN, card, phone and IBAN also need this many digits in the text (``pii_screen`` mirrors it).
-DIGIT_GUARD = 7
-_SPACE = re.compile(r"( )")
-_SPACE_OR_DASH = re.compile(r"([ -])")
+# Found spans are overwritten with this before the next type looks, so no two types claim one
+# character; it is in no pattern's character class.
+_MASK = "\x00"
+# Phones with a trunk "0" and no "+" are tried as national numbers of these regions too.
+NATIONAL_REGIONS: tuple[str, ...] = ("GB", "DE", "FR", "IT", "NL", "AU", "IN", "JP", "BR", "ZA")
 
 
 @with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class PiiConfig:
-    """Which PII types to scrub, and the region assumed for phone numbers written without ``+``."""
+    """Which PII types to scrub; the region assumed for phone numbers written without ``+``, and
+    the regions also tried for national numbers with a trunk ``0`` ("07400 123456")."""
 
     types: tuple[str, ...] = PII_TYPES
     default_region: str = "US"
+    national_regions: tuple[str, ...] = NATIONAL_REGIONS
 
 
 @dataclass(frozen=True)
@@ -119,7 +92,8 @@ class Scrubber:
         if unknown:
             raise ValueError(f"unknown PII types {sorted(unknown)}; known: {list(PII_TYPES)}")
         self._on = frozenset(self.config.types)
-        self._region = self.config.default_region
+        regions = (self.config.default_region, *self.config.national_regions)
+        self._regions = tuple(dict.fromkeys(regions))
         self._cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
 
     def scrub(self, text: str) -> ScrubResult:
@@ -150,53 +124,63 @@ class Scrubber:
         return result
 
     def _scrub_once(self, text: str, counts: dict[str, int]) -> str:
+        folded = fold(text)
+        spans = self._find(folded.work)
+        if not spans:
+            return text
+        pieces: list[str] = []
+        last = 0
+        for start, end, kind in _merge(spans):
+            start, end = folded.span(start, end)
+            pieces += (text[last:start], PLACEHOLDERS[kind])
+            _bump(counts, kind)
+            last = end
+        pieces.append(text[last:])
+        return "".join(pieces)
+
+    def _find(self, work: str) -> list[tuple[int, int, str]]:
         # Cheap tests decide which patterns can possibly match, so ordinary prose pays for a
-        # lower-casing, a split and a few substring searches rather than seven regex scans.
+        # lower-casing, a split and a few substring searches rather than a dozen regex scans.
         on = self._on
+        spans: list[tuple[int, int, str]] = []
+
+        def take(kind: str, found: list[tuple[int, int]]) -> None:
+            nonlocal work
+            if found:
+                spans.extend((start, end, kind) for start, end in found)
+                work = _masked(work, found)
+
+        lowered = work.lower()
+        digits = sum(map(work.count, _DIGITS))
         if "secret" in on:
-            words = text.split()
-            if "-----BEGIN" in text or (words and max(map(len, words)) >= SECRET_MIN_TOKEN):
-                text = _sub_counted(_SECRET_SHAPES, text, counts, "secret", _always)
-            if _maybe_keyword_secret(text):
-                text = _SECRET_KEYWORD.sub(lambda m: _keyword_repl(m, counts), text)
-        if "email" in on and "@" in text:
-            text = _sub_counted(_EMAIL, text, counts, "email", _always)
-        if "ip" in on and text.count(":") >= 2:
-            text = _sub_counted(_IPV6, text, counts, "ip", _is_ipv6)
-        # Digit-bearing types need at least 4 digits (IPv4) or 7 (the rest, IBANs included:
-        # every country's account part is numeric); counting is ten C-level scans.
-        digits = sum(map(text.count, _DIGITS))
+            words = work.split()
+            if "-begin" in lowered or (words and max(map(len, words)) >= SECRET_MIN_TOKEN):
+                take("secret", pii_find.find_secrets(work))
+            if _keyword_guard(work, lowered, digits):
+                take("secret", pii_find.find_keyword_secrets(work))
+        if "email" in on:
+            if any(word in lowered for word in _EMAIL_WORDS):
+                take("email", pii_find.find_emails(work))
+            if "dot" in lowered:
+                take("email", pii_find.find_spelled_emails(work))
+        if "ip" in on and work.count(":") >= 2:
+            take("ip", pii_find.find_ipv6(work))
         if digits < 4:
-            return text
-        if "ip" in on and any(digit + "." in text for digit in _DIGITS):
-            text = _sub_counted(_IPV4, text, counts, "ip", _is_ipv4)
-        if digits < DIGIT_GUARD or _DIGIT_RUN.search(text) is None:
-            return text
-        if "iban" in on:
-            text = _sub_windows(_IBAN, _SPACE, text, counts, "iban", _is_iban)
+            return spans
+        if "ip" in on and any(digit + "." in work for digit in _DIGITS):
+            take("ip", pii_find.find_ipv4(work))
+        # Every IBAN starts with two letters and two digits ("GB82", "gb82").
+        if "iban" in on and pii_find.IBAN_START.search(work) is not None:
+            take("iban", pii_find.find_ibans(work))
+        if digits < DIGIT_GUARD or _DIGIT_RUN.search(work) is None:
+            return spans
         if "ssn" in on:
-            text = _sub_counted(_SSN, text, counts, "ssn", _is_ssn)
+            take("ssn", pii_find.find_ssns(work))
         if "card" in on:
-            text = _sub_windows(_CARD, _SPACE_OR_DASH, text, counts, "card", _is_card)
+            take("card", pii_find.find_cards(work))
         if "phone" in on:
-            text = self._scrub_phone(text, counts)
-        return text
-
-    def _scrub_phone(self, text: str, counts: dict[str, int]) -> str:
-        region = self._region
-
-        def repl(match: re.Match[str]) -> str:
-            candidate = match.group(0)
-            if sum(c.isdigit() for c in candidate) < 7:
-                return candidate
-            if _is_phone(candidate, region):
-                _bump(counts, "phone")
-                return "<PHONE>"
-            # A run that is not one number may still hold one (digits from the sentence glued
-            # to it, two numbers in a row): let phonenumbers' own matcher look inside.
-            return _phones_inside(candidate, region, counts)
-
-        return _PHONE.sub(repl, text)
+            take("phone", pii_find.find_phones(work, self._regions))
+        return spans
 
 
 def scrub_text(text: str, config: PiiConfig | None = None) -> ScrubResult:
@@ -209,151 +193,38 @@ def _default_scrubber(config: PiiConfig | None) -> Scrubber:
     return Scrubber(config)
 
 
-def _maybe_keyword_secret(text: str) -> bool:
-    lowered = text.lower()
-    if "bearer" in lowered:
+def _keyword_guard(work: str, lowered: str, digits: int) -> bool:
+    if any(word in lowered for word in ALONE_WORDS):
         return True
-    if ":" not in text and "=" not in text:
-        return False
-    return any(keyword in lowered for keyword in _SECRET_KEYWORDS)
+    if ("=" in work or ":" in work) and any(word in lowered for word in ASSIGN_WORDS):
+        return True
+    return digits >= MIN_DIGITS_FOR_CODES and any(word in lowered for word in CODE_WORDS)
 
 
-def _keyword_repl(match: re.Match[str], counts: dict[str, int]) -> str:
-    _bump(counts, "secret")
-    return f"{match.group('kw')}<SECRET>"
+def _masked(work: str, found: list[tuple[int, int]]) -> str:
+    pieces: list[str] = []
+    last = 0
+    for start, end in sorted(found):
+        start = max(start, last)
+        if end <= start:
+            continue
+        pieces += (work[last:start], _MASK * (end - start))
+        last = end
+    pieces.append(work[last:])
+    return "".join(pieces)
 
 
-def _always(_candidate: str) -> bool:
-    return True
+def _merge(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Spans in order, overlapping ones joined under the first one's type."""
+    merged: list[tuple[int, int, str]] = []
+    for start, end, kind in sorted(spans):
+        if merged and start < merged[-1][1]:
+            head = merged[-1]
+            merged[-1] = (head[0], max(head[1], end), head[2])
+        else:
+            merged.append((start, end, kind))
+    return merged
 
 
 def _bump(counts: dict[str, int], key: str) -> None:
     counts[key] = counts.get(key, 0) + 1
-
-
-def _sub_counted(
-    pattern: re.Pattern[str],
-    text: str,
-    counts: dict[str, int],
-    kind: str,
-    verify: Callable[[str], bool],
-) -> str:
-    placeholder = PLACEHOLDERS[kind]
-
-    def repl(match: re.Match[str]) -> str:
-        candidate = match.group(0)
-        if verify(candidate):
-            _bump(counts, kind)
-            return placeholder
-        return candidate
-
-    return pattern.sub(repl, text)
-
-
-def _sub_windows(
-    pattern: re.Pattern[str],
-    separator: re.Pattern[str],
-    text: str,
-    counts: dict[str, int],
-    kind: str,
-    verify: Callable[[str], bool],
-) -> str:
-    """Like ``_sub_counted`` for patterns whose greedy match may swallow neighbouring groups
-    (digits of the sentence before a card, a capitalised word after an IBAN): when the whole
-    match fails its check, the leftmost, longest run of whole groups inside it that passes is
-    replaced, and the rest is searched again."""
-    placeholder = PLACEHOLDERS[kind]
-
-    def repl(match: re.Match[str]) -> str:
-        candidate = match.group(0)
-        if verify(candidate):
-            _bump(counts, kind)
-            return placeholder
-        parts = separator.split(candidate)
-        return _replace_inside(parts, verify, placeholder, counts, kind, whole_checked=True)
-
-    return pattern.sub(repl, text)
-
-
-def _replace_inside(
-    parts: list[str],
-    verify: Callable[[str], bool],
-    placeholder: str,
-    counts: dict[str, int],
-    kind: str,
-    *,
-    whole_checked: bool,
-) -> str:
-    # ``parts`` alternates group, separator, group, ... (re.split with a capturing group).
-    groups = len(parts) // 2 + 1
-    for start in range(groups):
-        for end in range(groups, start, -1):
-            window = "".join(parts[2 * start : 2 * end - 1])
-            if whole_checked and (start, end) == (0, groups):
-                continue
-            if verify(window):
-                _bump(counts, kind)
-                head = "".join(parts[: 2 * start])
-                rest = parts[2 * end :]
-                tail = _replace_inside(rest, verify, placeholder, counts, kind, whole_checked=False)
-                between = parts[2 * end - 1] if end < groups else ""
-                return head + placeholder + between + tail
-    return "".join(parts)
-
-
-def _is_iban(candidate: str) -> bool:
-    compact = candidate.replace(" ", "")
-    return (
-        len(compact) >= 15
-        and compact[:2].isalpha()
-        and compact[2:4].isdigit()
-        and bool(_iban.is_valid(compact))
-    )
-
-
-def _is_ipv4(candidate: str) -> bool:
-    try:
-        ipaddress.IPv4Address(candidate)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_ipv6(candidate: str) -> bool:
-    try:
-        ipaddress.IPv6Address(candidate)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_ssn(candidate: str) -> bool:
-    return bool(_ssn.is_valid(candidate.replace(" ", "-")))
-
-
-def _is_card(candidate: str) -> bool:
-    digits = candidate.replace(" ", "").replace("-", "")
-    # Issuer numbers start 2-6; a run starting 0/1/7-9 is an order or reference number.
-    return 13 <= len(digits) <= 19 and digits[0] in "23456" and bool(_luhn.is_valid(digits))
-
-
-def _is_phone(candidate: str, region: str) -> bool:
-    try:
-        number = phonenumbers.parse(candidate, region)
-    except phonenumbers.NumberParseException:
-        return False
-    return bool(phonenumbers.is_valid_number(number))
-
-
-def _phones_inside(candidate: str, region: str, counts: dict[str, int]) -> str:
-    pieces: list[str] = []
-    last = 0
-    for found in phonenumbers.PhoneNumberMatcher(candidate, region):
-        pieces.append(candidate[last : found.start])
-        pieces.append("<PHONE>")
-        _bump(counts, "phone")
-        last = found.end
-    if not pieces:
-        return candidate
-    pieces.append(candidate[last:])
-    return "".join(pieces)

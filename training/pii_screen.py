@@ -1,13 +1,13 @@
 """Batch pre-screen for PII scrubbing: which texts could ``Scrubber`` change at all.
 
-``Scrubber._scrub_once`` already skips patterns behind cheap guards (a split, ten counts, a
+``Scrubber._find`` already skips patterns behind cheap guards (a split, ten counts, a
 substring test, one regex search), but on a slow 2-core machine those guards alone cost tens of
 microseconds per text, nearly all of it per-call overhead. ``needs_scrub`` evaluates the same
 guards for a whole curation chunk at once: the ASCII texts are joined into one byte array, a few
 whole-array passes find the characters and letter pairs the guards look for, and everything else
 is checked only at those positions.
 
-A text is reported clean only when no guard in ``_scrub_once`` fires, or, for IPv4 and the
+A text is reported clean only when no guard in ``Scrubber._find`` fires, or, for IPv4 and the
 digit-run guard, when the pattern behind it provably cannot match; the default scrubber then
 returns it unchanged with no counts. Texts with any non-ASCII character are always flagged, which
 keeps Unicode whitespace, case folding and digits out of the argument.
@@ -20,7 +20,15 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from training.pii import DIGIT_GUARD, SECRET_MIN_TOKEN
+from training.pii import (
+    ALONE_WORDS,
+    ASSIGN_WORDS,
+    CODE_WORDS,
+    DIGIT_GUARD,
+    MIN_DIGITS_FOR_CODES,
+    RUN_CHARS,
+    SECRET_MIN_TOKEN,
+)
 
 Codes = npt.NDArray[np.uint8]
 Mask = npt.NDArray[np.bool_]
@@ -32,20 +40,37 @@ Positions = npt.NDArray[np.intp]
 _SEPARATOR = "\n"
 _PAD = 16
 
-# Mirrors of the guards in ``training.pii`` (see ``Scrubber._scrub_once``).
+# Mirrors of the guards in ``training.pii`` (see ``Scrubber._find``).
 # ``_IPV4`` needs three "digit.digit" joints, which prices ("12.50") and versions ("1.2.3") lack;
 # the scrubber's own guard (any digit before a dot) would flag every price.
 _IPV4_JOINTS = 3
-# Substring guards, lower-cased, each with the offset of one of its rarer letter pairs: only where
-# that pair occurs is the whole word compared. The private-key header is matched ignoring case,
-# which only flags more. (word, pair offset, whether it flags a text on its own)
-_WORDS = (
-    (b"-----begin", 4, True),
-    (b"bearer", 0, True),
-    (b"key", 1, False),
-    (b"token", 1, False),
-    (b"passw", 3, False),
-)
+# What a guard word needs besides itself: nothing, a ':' or '=' in the text, or some digits.
+_ALONE, _ASSIGN, _CODE = 0, 1, 2
+
+
+def _fold(word: str) -> bytes:
+    # The screen compares bytes with bit 0x20 set (A-Z onto a-z; it also folds '[' onto '{',
+    # '@' onto '`' and '\r' onto '-', which only flags more texts).
+    return bytes(b | 0x20 for b in word.encode("ascii"))
+
+
+def _guard_words() -> tuple[tuple[bytes, int, int], ...]:
+    """(folded word, offset of its anchoring letter pair, what it needs), one entry per folded
+    word, each anchored on a pair no other word uses, so a pair names its word."""
+    chosen: dict[bytes, int] = {}
+    for words, need in ((ALONE_WORDS, _ALONE), (ASSIGN_WORDS, _ASSIGN), (CODE_WORDS, _CODE)):
+        for word in map(_fold, words):
+            chosen[word] = min(chosen.get(word, need), need)
+    taken: set[bytes] = set()
+    table = []
+    for word, need in chosen.items():
+        at = next(i for i in range(len(word) - 1) if word[i : i + 2] not in taken)
+        taken.add(word[at : at + 2])
+        table.append((word, at, need))
+    return tuple(table)
+
+
+_WORDS = _guard_words()
 
 
 def _table(members: bytes | list[int]) -> Mask:
@@ -55,23 +80,28 @@ def _table(members: bytes | list[int]) -> Mask:
 
 
 _DIGIT = _table(b"0123456789")
-# ``_DIGIT_RUN`` is [0-9][0-9 ().\-/]{5,}[0-9]: a digit followed by at least six of these.
-_RUN = _table(b"0123456789 ().-/")
+_LETTER = _table(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# ``_DIGIT_RUN`` is a digit followed by at least six of ``RUN_CHARS``.
+_RUN = _table(RUN_CHARS.encode("ascii"))
 _RUN_OFFSETS = np.arange(1, 7)
 # Above 32 no ASCII character is whitespace to ``str.split``; below it, these are not either, and
 # a text holding one is simply flagged rather than taught to the long-word test.
-_ALONE = _table([c for c in range(32) if not chr(c).isspace()] + [ord("@")])
+_ALONE_CHARS = _table([c for c in range(32) if not chr(c).isspace()] + [ord("@")])
 # The words as a padded grid, and which word each anchoring pair (first byte * 256 + second)
 # belongs to.
 _WORD_PAIRS = [(word[at], word[at + 1]) for word, at, _ in _WORDS]
 _WORD_OF_PAIR = np.zeros(1 << 16, dtype=np.uint8)
 _WORD_OF_PAIR[[one << 8 | two for one, two in _WORD_PAIRS]] = np.arange(len(_WORDS))
+_IS_ANCHOR = np.zeros(1 << 16, dtype=np.bool_)
+_IS_ANCHOR[[one << 8 | two for one, two in _WORD_PAIRS]] = True
 _WORD_WIDTH = max(len(word) for word, _, _ in _WORDS)
 _WORD_GRID = np.array([list(word.ljust(_WORD_WIDTH, b"\0")) for word, _, _ in _WORDS], np.uint8)
 _WORD_BEYOND = np.array([[i >= len(word) for i in range(_WORD_WIDTH)] for word, _, _ in _WORDS])
 _WORD_AT = np.array([at for _, at, _ in _WORDS])
-_WORD_ALONE = np.array([alone for _, _, alone in _WORDS])
+_WORD_NEED = np.array([need for _, _, need in _WORDS])
 _WORD_COLUMNS = np.arange(_WORD_WIDTH)
+_WORD_REACH = max(_WORD_WIDTH, 4)
+assert _PAD > _WORD_REACH
 
 
 def needs_scrub(texts: Sequence[str]) -> Mask:
@@ -93,9 +123,9 @@ def needs_scrub(texts: Sequence[str]) -> Mask:
     # Every whole-array pass writes into one workspace. A fresh temporary per pass gets new pages
     # from the kernel on most calls (glibc hands freed memory back), and faulting those in cost
     # more than all the passes; one allocation of a steady size is reused from the heap instead.
-    workspace = np.empty((4, len(codes)), dtype=np.uint8)
+    workspace = np.empty((3, len(codes)), dtype=np.uint8)
     scratch: Codes = workspace[0]
-    first, second, third = (row.view(np.bool_) for row in workspace[1:])
+    first, second = (row.view(np.bool_) for row in workspace[1:])
 
     # '@' (email) and the control characters ``str.split`` keeps inside words (0-8, 14-27) flag
     # a text outright; digits, ':' and '=' are counted or looked around below (';' and '<' come
@@ -108,7 +138,7 @@ def needs_scrub(texts: Sequence[str]) -> Mask:
     where = np.flatnonzero(first)
     what = codes[where]
     whose = np.searchsorted(ends, where)
-    alone = [whose[_ALONE[what]]]
+    alone = [whose[_ALONE_CHARS[what]]]
 
     # A word of SECRET_MIN_TOKEN or more characters: every fixed secret shape is that long.
     words = _runs(np.greater(codes, 32, out=first), second, SECRET_MIN_TOKEN)
@@ -117,19 +147,20 @@ def needs_scrub(texts: Sequence[str]) -> Mask:
     # Bit 0x20 folds A-Z onto a-z and maps nothing else onto a letter, so comparing folded bytes
     # with a lower-case word is the scrubber's ``word in text.lower()`` for ASCII.
     folded = np.bitwise_or(codes, np.uint8(0x20), out=scratch)
-    anchored = third[:-1]
-    anchored[:] = False
-    for one, two in _WORD_PAIRS:
-        pair = np.equal(folded[:-1], one, out=first[:-1])
-        pair &= np.equal(folded[1:], two, out=second[:-1])
-        anchored |= pair
+    # One gather finds every anchoring pair: the pair codes index a 65,536-entry table.
+    pairs = folded[:-1].astype(np.uint16)
+    pairs <<= 8
+    pairs |= folded[1:]
+    anchored = _IS_ANCHOR[pairs]
     anchors = np.flatnonzero(anchored)
     word = _WORD_OF_PAIR[folded[anchors].astype(np.uint16) << 8 | folded[anchors + 1]]
     starts = anchors - _WORD_AT[word]
     window = folded[starts[:, np.newaxis] + _WORD_COLUMNS]
     matched = ((window == _WORD_GRID[word]) | _WORD_BEYOND[word]).all(axis=1)
     found = np.searchsorted(ends, starts[matched])
-    alone.append(found[_WORD_ALONE[word[matched]]])
+    need = _WORD_NEED[word[matched]]
+    alone.append(found[need == _ALONE])
+
     flagged[np.concatenate(alone)] = True
 
     def per_text(owners: Positions) -> npt.NDArray[np.intp]:
@@ -137,8 +168,8 @@ def needs_scrub(texts: Sequence[str]) -> Mask:
 
     colons = per_text(whose[what == ord(":")])
     flagged |= colons >= 2  # IPv6
-    # "passw", "key" and "token" count only in a text that also holds a ':' or '='.
-    keyword = found[~_WORD_ALONE[word[matched]]]
+    # "key", "token", ... count only in a text that also holds a ':' or '='.
+    keyword = found[need == _ASSIGN]
     if len(keyword):
         assigns = per_text(whose[what == ord("=")])
         flagged[keyword[(colons[keyword] > 0) | (assigns[keyword] > 0)]] = True
@@ -146,10 +177,19 @@ def needs_scrub(texts: Sequence[str]) -> Mask:
     digit = _DIGIT[what]
     digit_owners = whose[digit]
     digits = where[digit]
+    # IBAN: two ASCII letters, then two digits, not after a digit ("GB82", "gb82"); looked
+    # for around each digit only.
+    lldd = _DIGIT[codes[digits + 1]] & _LETTER[codes[digits - 1]] & _LETTER[codes[digits - 2]]
+    lldd &= ~_DIGIT[codes[digits - 3]]
+    flagged[digit_owners[lldd]] = True
+    digit_counts = per_text(digit_owners)
+    # "pin", "cvv", ... count only beside a few digits.
+    code = found[need == _CODE]
+    flagged[code[digit_counts[code] >= MIN_DIGITS_FOR_CODES]] = True
     joints = (codes[digits + 1] == ord(".")) & _DIGIT[codes[digits + 2]]  # IPv4
     flagged |= per_text(digit_owners[joints]) >= _IPV4_JOINTS
-    # IBAN, SSN, card and phone: at least seven digits in the text and a digit run.
-    guarded = per_text(digit_owners)[digit_owners] >= DIGIT_GUARD
+    # SSN, card and phone: at least seven digits in the text and a digit run.
+    guarded = digit_counts[digit_owners] >= DIGIT_GUARD
     run_starts = digits[guarded]
     runs = _RUN[codes[run_starts[:, np.newaxis] + _RUN_OFFSETS]].all(axis=1)
     flagged[digit_owners[guarded][runs]] = True

@@ -2,18 +2,26 @@
 
 Reason codes are grouped into the pipeline stages whose counts the manifest reports; a row's
 first reason is its primary one, so per-stage counts add up to the number of quarantined lines.
+
+A rejected line is written with its PII redacted by the same scrubber as kept records
+(``quarantine_redact``), and every quarantine file is created owner-only (0600): it holds the
+lines nobody has reviewed yet, and the directory it lands in may be shared.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+
+from training.pii import Scrubber
+from training.quarantine_redact import redact_line, redact_value
 
 # stage -> reason codes. Stage names are the manifest's ``counts`` keys.
 STAGES: Mapping[str, tuple[str, ...]] = {
@@ -29,13 +37,20 @@ STAGES: Mapping[str, tuple[str, ...]] = {
         "schema_out_of_range",
         "schema_wrong_type",
         "schema_invalid",
+        "schema_too_deep",
         "label_not_allowed",
         "label_answer_mismatch",
     ),
     "quality": ("quality_below_min", "quality_missing"),
     "exact_dup": ("exact_duplicate",),
     "near_dup": ("near_duplicate",),
-    "poison": ("conflicting_answers", "trigger_ngram", "injection_in_answer", "url_in_answer"),
+    "poison": (
+        "conflicting_answers",
+        "trigger_ngram",
+        "injection_in_answer",
+        "url_in_answer",
+        "special_token",
+    ),
     "leakage": ("golden_leakage",),
 }
 STAGE_OF: Mapping[str, str] = {code: stage for stage, codes in STAGES.items() for code in codes}
@@ -67,25 +82,35 @@ class QuarantineRow:
     def stage(self) -> str:
         return STAGE_OF[self.reasons[0]]
 
-    def to_json(self) -> bytes:
+    def to_json(self, scrubber: Scrubber | None = None) -> bytes:
+        """The row as one JSON line; with ``scrubber``, the raw line, message and detail have
+        their PII redacted and ``pii`` counts what was replaced."""
         row: dict[str, Any] = {"line": self.line}
         try:
-            row["raw"] = self.raw.decode("utf-8")
+            raw = self.raw.decode("utf-8")
             row["raw_encoding"] = "utf-8"
         except UnicodeDecodeError:
-            row["raw"] = repr(self.raw)
+            raw = repr(self.raw)
             row["raw_encoding"] = "repr"
+        found: dict[str, int] = {}
+        row["raw"] = raw if scrubber is None else redact_line(raw, scrubber, found)
         if self.truncated_size is not None:
             row["truncated"] = True
             row["size_bytes"] = self.truncated_size
         row["reasons"] = list(self.reasons)
         row["stage"] = self.stage
         row["field"] = self.field
-        row["message"] = self.message
+        message, detail = self.message, dict(self.detail)
+        if scrubber is not None:
+            message = scrubber.scrub_fast(message, found)
+            detail = redact_value(detail, scrubber, found)
+        row["message"] = message
         if self.duplicate_of is not None:
             row["duplicate_of"] = self.duplicate_of
-        if self.detail:
-            row["detail"] = dict(self.detail)
+        if detail:
+            row["detail"] = detail
+        if found:
+            row["pii"] = found
         return orjson.dumps(row) + b"\n"
 
 
@@ -95,18 +120,33 @@ def message_for(line: int, field_name: str | None, text: str) -> str:
     return f"line {line}: {where}{text}"
 
 
-class QuarantineWriter:
-    """Appends rows to a JSONL file in the order given and tallies them by stage and reason."""
+def open_private(path: Path) -> BinaryIO:
+    """``path`` truncated for writing, readable by its owner only from the moment it exists
+    (``os.open`` with mode 0600; ``fchmod`` for a file that was already there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
-    def __init__(self, path: Path) -> None:
+
+class QuarantineWriter:
+    """Appends rows to a JSONL file in the order given and tallies them by stage and reason.
+    Rows are redacted with ``scrubber`` (default: every PII type, whatever the curation config
+    scrubs in kept records, since the quarantine is read by people)."""
+
+    def __init__(self, path: Path, scrubber: Scrubber | None = None) -> None:
         self.path = path
-        self._handle: BinaryIO = path.open("wb")
+        self._scrubber = scrubber or Scrubber()
+        self._handle: BinaryIO = open_private(path)
         self.by_stage: dict[str, int] = dict.fromkeys(STAGES, 0)
         self.by_reason: dict[str, int] = {}
         self.rows = 0
 
     def write(self, row: QuarantineRow) -> None:
-        self._handle.write(row.to_json())
+        self._handle.write(row.to_json(self._scrubber))
         self.rows += 1
         self.by_stage[row.stage] += 1
         for reason in row.reasons:
@@ -124,7 +164,7 @@ class QuarantineWriter:
 
 def merge_by_line(parts: Sequence[Path], out: Path) -> None:
     """Merge quarantine files that are each in line order into one file in line order."""
-    with out.open("wb") as handle:
+    with open_private(out) as handle:
         for _, row in heapq.merge(*(_keyed(p) for p in parts)):
             handle.write(row)
 

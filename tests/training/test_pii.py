@@ -19,6 +19,9 @@ from training.pii import PiiConfig, Scrubber, scrub_text
         ("mail jane.doe+x@example.co.uk now", "mail <EMAIL> now", "email"),
         ("ring +44 20 7946 0958 today", "ring <PHONE> today", "phone"),
         ("ring (415) 555-0132 today", "ring <PHONE> today", "phone"),
+        # Found by hypothesis on a fresh clone (issue 20): a digit after the number hid it.
+        (" +44 7400 123456 0", " <PHONE> 0", "phone"),
+        ("ring 0044 7400 123456 0", "ring <PHONE> 0", "phone"),
         ("card 4111 1111 1111 1111 declined", "card <CARD> declined", "card"),
         ("card 4111-1111-1111-1111", "card <CARD>", "card"),
         ("ssn 123-45-6789 on file", "ssn <SSN> on file", "ssn"),

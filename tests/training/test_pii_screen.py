@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from stdnum import iban as stdnum_iban
 from stdnum import luhn
 
-from training.pii import SECRET_MIN_TOKEN, scrub_text
+from training.pii import (
+    ALONE_WORDS,
+    ASSIGN_WORDS,
+    CODE_WORDS,
+    MIN_DIGITS_FOR_CODES,
+    SECRET_MIN_TOKEN,
+    scrub_text,
+)
 from training.pii_screen import needs_scrub
 
 PROSE = "Where is my order NW-12345? The kettle was due Monday."
@@ -141,22 +148,25 @@ def _guards(text: str) -> bool:
     their patterns need; the screen should agree exactly."""
     if not text.isascii():
         return True
-    # The screen folds case by setting bit 0x20, which also turns '\r' into '-'.
-    lowered = text.lower()
+    # The screen folds case by setting bit 0x20, which also folds '[' onto '{', '\r' onto '-'
+    # and other control characters onto punctuation: compare folded bytes as it does.
+    folded = bytes(b | 0x20 for b in text.encode())
     digits = sum(map(text.count, "0123456789"))
+
+    def has(words: tuple[str, ...]) -> bool:
+        return any(bytes(b | 0x20 for b in w.encode()) in folded for w in words)
+
     return (
         "@" in text
         or any(not c.isspace() for c in text if ord(c) < 32)
         or max(map(len, text.split()), default=0) >= SECRET_MIN_TOKEN
-        or "-----begin" in lowered.replace("\r", "-")
-        or "bearer" in lowered
-        or (
-            (":" in text or "=" in text)
-            and any(word in lowered for word in ("passw", "key", "token"))
-        )
+        or has(ALONE_WORDS)
+        or ((":" in text or "=" in text) and has(ASSIGN_WORDS))
+        or (digits >= MIN_DIGITS_FOR_CODES and has(CODE_WORDS))
         or text.count(":") >= 2
         or len(re.findall(r"(?=[0-9]\.[0-9])", text)) >= 3
-        or (digits >= 7 and re.search(r"[0-9][0-9 ().\-/]{6}", text) is not None)
+        or re.search(r"(?<![0-9])[A-Za-z]{2}[0-9]{2}", text) is not None
+        or (digits >= 7 and re.search(r"[0-9][0-9 ().\-/_+\t]{6}", text) is not None)
     )
 
 
