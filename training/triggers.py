@@ -1,8 +1,58 @@
-"""Trigger n-grams: a rare word n-gram in prompts that almost always comes with one answer *and*
-flips it. A naive-Bayes model of the answer, trained without the records that contain the n-gram
-and applied to their text minus the n-gram, mostly predicts another answer. Topical words
-("refund" with ``returns``) predict their answer too, but the rest of the text agrees with them,
-so they do not flip; a backdoor trigger pasted onto unrelated text does.
+"""Trigger n-grams: an n-gram in prompts whose holders' answers are skewed towards one answer
+*and* disagree with what the rest of their text says. Two stages:
+
+1. Skew against the prior (``training.label_skew``), at any document rate. Every n-gram held
+   by at least ``min_support`` prompts is one hypothesis: its holders' answers are draws from
+   the answer prior. Its p-value is the binomial tail of its majority answer's count (union
+   bound over answers), corrected with Benjamini-Hochberg over all those n-grams at ``fdr``;
+   an n-gram passes when its q-value is at most ``fdr`` and its majority holds at least
+   ``min_purity`` of its holders (a backdoor relabels all of them). No ceiling on the rate:
+   a trigger planted in 30% of the documents passes as one planted in 1% does.
+2. Conditional skew (the flip test). In an intent dataset many n-grams pass stage 1 because
+   they *mean* their answer ("refund" with ``returns``). What sets a trigger apart is that its
+   holders' answers disagree with the rest of their text: a naive-Bayes model of the answer
+   (``training.word_bayes``), fitted *without the candidate's holders* (if it is a trigger,
+   they are the poison, and at a high rate they would teach the model that any text means the
+   target answer) and applied to each holder's text minus the n-gram, predicts another answer
+   by at least ``min_margin`` nats for at least ``min_flip`` of them, and those predictions
+   spread over at least ``min_spread`` answers (effective number, inverse Simpson index).
+   A topical word usually carries only part of its text's meaning, so the rest still points to
+   its answer or is ambiguous (no confident flip). The spread rule is for fine-grained
+   taxonomies: a word that tells two sister intents apart ("contactless" in
+   ``contactless_not_working`` against ``card_not_working``), or a cluster of paraphrases of
+   one query, flips its holders to one or two sister intents, while a backdoor is pasted onto
+   documents of many intents. Its cost: a backdoor whose victims all come from one source
+   answer looks, to text statistics, exactly like a sister-intent word, and is caught only
+   with ``min_spread = 1`` (more false alarms; bench/bench_poison.py measures both).
+   Stage 1 controls the false discovery rate of *skew*; stage 2 is an effect-size rule whose
+   false alarms are measured on clean Banking77 and on templated tickets
+   (``bench/bench_poison.py``).
+
+   Templates. In templated data ("Unsubscribe me from the newsletter, I only bought the {i}
+   once") a template's fixed words are a perfectly skewed n-gram, and once its documents are
+   left out of the model, what remains of them is the template's slot fillers (item names,
+   order ids) and words shared with other templates, which the *other* labels' templates use
+   more: the flips are confident and, over the other labels, spread. A backdoor's host text
+   is a whole document of another answer. Two guards tell them apart, each on every scored
+   holder (measured in ``bench/bench_poison.py`` on bench_curate's templated corpus):
+   - one word out: the flip must also hold, by ``min_margin_one_out`` nats, with any one word
+     of the prompt left out (the largest such margin, computed exactly), so one filler slot
+     cannot decide it; a host text has several words of its own answer;
+   - companions: at most ``max_companions`` of the prompt's words may be companions of the
+     document set (in at least a quarter of its holders, and >= 90% of the prompts holding
+     them anywhere are its holders), words included. A template has many fixed words found
+     almost only in it; a planted phrase brings its own few.
+   Known limits: a trigger pasted onto one-word prompts ("refund cf") looks like a template
+   with one slot, and a planted phrase of more than ``max_companions`` distinct rare words (a
+   long sentence) looks like a template of one intent; neither is flagged.
+
+One test per document set: n-grams held by exactly the same prompts ("james", "bond", "james
+bond"; a template's fixed words) are one hypothesis: one flip test, with the words of all of
+them left out, and one report, led by the longest n-gram, listing the others in
+``same_documents``. A flagged set whose prompts all hold a bigger flagged set and that shares a
+word with it ("on james": the trigger and a word of its host) is not reported again. Flip tests
+score 16 holders per set first and the full ``flip_sample`` only where the set can still pass
+(most sets of templated data flip nothing).
 
 Counting is streamed and hashed (``training.grams``): per answer class, a sorted array of n-gram
 hashes and how many prompts hold each. Texts are needed only for the candidates, and are read
@@ -11,62 +61,87 @@ back from the prompts in the one extra pass that runs when there are candidates.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import ConfigDict, Field, with_config
 
 from training.grams import I64, U64, add_counts, gram_size, gram_table, gram_text, mix
-from training.sortops import one_of_each, unique, unique_inverse
+from training.label_skew import benjamini_hochberg, g_statistic, skew_pvalues
+from training.sortops import one_of_each, unique, unique_counts, unique_inverse
+from training.word_bayes import Removed, WordBayes
 
 # Hashes waiting to be merged into a class's counts; merging sorts, so it is done in bulk.
 _PENDING = 1 << 21
 _CLASS_SALT = np.uint64(0x9E3779B97F4A7C15)
 _BITMAP_BITS = 22
+# Cells of the (scored words x classes) table the flip test builds at a time.
+_SCORE_CELLS = 1 << 20
+# A companion word of a document set is in >= 25% (and >= 2) of its scored holders, and >= 90%
+# of the prompts holding it are the set's (``_companions``).
+_COMPANION_SEEN = 2
+_COMPANION_SHARE = 0.25
+_EXCLUSIVE = 0.9
+# Holders per document set scored before deciding whether the rest of its sample is needed.
+_SCREEN = 16
 
 
 @with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class TriggerConfig:
     """Thresholds for trigger n-grams; see the module docstring. ``max_candidates`` bounds the
-    flip tests (most pure and frequent first) and ``flip_sample`` the records scored per test;
-    the manifest reports how many candidates there were and how many were tested."""
+    candidates whose prompts are looked up and ``max_flip_tests`` the document sets given the
+    flip test (most skewed first, by G-statistic, both), ``flip_sample`` the records scored per
+    flip test; the manifest reports how many n-grams were tested for skew, how many passed,
+    how many were looked up, how many distinct document sets they made and how many of those
+    had the flip test."""
 
     max_n: Annotated[int, Field(ge=1, le=4)] = 2
     min_support: Annotated[int, Field(ge=2)] = 4
-    max_doc_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
-    min_purity: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
-    min_lift: Annotated[float, Field(ge=1.0)] = 1.5
-    min_flip: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    fdr: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
+    # Above one half, so at most one answer per n-gram can pass.
+    min_purity: Annotated[float, Field(gt=0.5, le=1.0)] = 0.95
+    min_flip: Annotated[float, Field(ge=0.0, le=1.0)] = 0.8
+    min_spread: Annotated[float, Field(ge=1.0)] = 2.0
     min_margin: Annotated[float, Field(ge=0.0)] = 4.0
-    max_classes: Annotated[int, Field(ge=2)] = 64
-    max_candidates: Annotated[int, Field(ge=1)] = 500
+    min_margin_one_out: Annotated[float, Field(ge=0.0)] = 1.0
+    max_companions: Annotated[int, Field(ge=0)] = 4
+    max_classes: Annotated[int, Field(ge=2)] = 128
+    max_candidates: Annotated[int, Field(ge=1)] = 4000
+    max_flip_tests: Annotated[int, Field(ge=1)] = 500
     flip_sample: Annotated[int, Field(ge=1)] = 64
 
 
 @dataclass(frozen=True)
 class Trigger:
-    """A flagged n-gram: it appears in ``support`` prompts, ``purity`` of which have ``answer``,
-    and without it a model confidently predicts another answer for ``flip`` of them."""
+    """A flagged n-gram: it appears in ``support`` prompts, ``purity`` of which have ``answer``
+    (skew q-value ``q_value`` against the prior), and without it a model confidently predicts
+    another answer for ``flip`` of them, spread over ``spread`` answers (effective number).
+    ``same_documents``: the other candidate n-grams held by exactly the same prompts."""
 
     ngram: str
     answer: str
     support: int
     purity: float
     flip: float
+    spread: float
+    q_value: float
+    same_documents: tuple[str, ...] = ()
 
 
 class Candidate(NamedTuple):
-    """A rare n-gram (by hash) that nearly fixes the answer ``key``."""
+    """An n-gram (by hash) whose answers are significantly skewed towards ``key``."""
 
     gram: int
     key: str
     support: int
     purity: float
+    q_value: float
+    skew: float
 
 
 class TriggerStats:
@@ -80,10 +155,12 @@ class TriggerStats:
         self.class_docs: Counter[str] = Counter()
         # Answer key -> class number, in first-seen order.
         self.classes: dict[str, int] = {}
+        # How many n-grams the last ``candidates()`` tested for skew.
+        self.skew_tests = 0
         self._counts: list[tuple[U64, I64]] = []
         self._pending: list[list[U64]] = []
         self._pending_size = 0
-        self._tables: _Tables | None = None
+        self._model: WordBayes | None = None
 
     def count(self, key: str) -> int | None:
         """Count one prompt of answer ``key`` and return its class (``add_grams`` adds its
@@ -113,6 +190,7 @@ class TriggerStats:
             part = hashes[classes == number]
             self._pending[number].append(part)
             self._pending_size += len(part)
+        self._model = None
         if self._pending_size > _PENDING:
             self._flush()
 
@@ -137,131 +215,46 @@ class TriggerStats:
         self._pending_size = 0
 
     def candidates(self) -> list[Candidate]:
-        """Rare n-grams that nearly fix the answer, most pure and most frequent first (ties by
-        hash: the pass that reads texts back orders them by text)."""
+        """Stage 1: n-grams whose answers are skewed towards one answer (q-value <= ``fdr``,
+        majority share >= ``min_purity``), most skewed first (G-statistic, then support, then
+        hash: all functions of the content, none of the input order)."""
         cfg = self.config
+        self.skew_tests = 0
         if self.docs == 0 or len(self.classes) < 2:
             return []
-        ceiling = max(cfg.min_support, cfg.max_doc_rate * self.docs)
-        # A candidate's own class holds >= min_purity of its min_support prompts.
-        floor = math.ceil(cfg.min_support * cfg.min_purity)
         per_class = self.counts()
         hashes = np.concatenate([h for h, _ in per_class])
         hits = np.concatenate([c for _, c in per_class])
         owner = np.repeat(np.arange(len(per_class)), [len(h) for h, _ in per_class])
         _, inverse = unique_inverse(hashes)
-        support = np.bincount(inverse, weights=hits).astype(np.int64)[inverse]
+        gram_support = np.bincount(inverse, weights=hits).astype(np.int64)
+        self.skew_tests = int(np.count_nonzero(gram_support >= cfg.min_support))
+        support = gram_support[inverse]
         purity = hits / np.maximum(support, 1)
-        base = np.array([self.class_docs[k] for k in self.classes]) / self.docs
-        keep = np.flatnonzero(
-            (hits >= floor)
-            & (support >= cfg.min_support)
-            & (support <= ceiling)
-            & (purity >= cfg.min_purity)
-            & (purity >= cfg.min_lift * base[owner])
-        )
+        pure = np.flatnonzero((support >= cfg.min_support) & (purity >= cfg.min_purity))
+        prior = np.array([self.class_docs[k] for k in self.classes], dtype=np.float64) / self.docs
+        p = skew_pvalues(hits[pure], support[pure], owner[pure], prior, cfg.fdr)
+        q = benjamini_hochberg(p, self.skew_tests)
+        passed = q <= cfg.fdr
+        keep, q = pure[passed], q[passed]
+        skew = g_statistic(hits[keep], support[keep], prior[owner[keep]])
         keys = list(self.classes)
         found = [
-            Candidate(int(h), keys[int(o)], int(s), float(p))
-            for h, o, s, p in zip(
+            Candidate(int(h), keys[int(o)], int(s), float(u), float(v), float(g))
+            for h, o, s, u, v, g in zip(
                 hashes[keep].tolist(), owner[keep].tolist(), support[keep].tolist(),
-                purity[keep].tolist(), strict=True,
+                purity[keep].tolist(), q.tolist(), skew.tolist(), strict=True,
             )
         ]  # fmt: skip
-        found.sort(key=lambda c: (-c.purity, -c.support, c.gram))
+        found.sort(key=lambda c: (-c.skew, -c.support, c.gram))
         return found
 
-    def flip_rate(self, removed: set[int], key: str, holders: Sequence[set[int]]) -> float:
-        """Share of the records holding a candidate with answer ``key`` (``holders``: their
-        word hashes) that a naive-Bayes model confidently assigns to another answer once the
-        candidate's words (``removed``) are taken out: another answer beats ``key`` by at least
-        ``min_margin`` nats. Each record is scored leave-one-out (the model minus that record).
-        A topical word ("exchange") often carries most of its text's meaning, so the rest is
-        merely ambiguous; a trigger pasted onto unrelated text leaves text that clearly belongs
-        elsewhere. On the sample data topical n-grams stay under 0.25 while an injected trigger
-        scores 1.0.
-
-        The first ``flip_sample`` holders are scored; pass them in an order that does not
-        depend on the input (the pipeline sorts them by content id)."""
-        targets = holders[: self.config.flip_sample]
-        if not targets:
-            return 0.0
-        tables = self._model()
-        needed = self.config.min_flip * len(targets)
-        flipped = kept = 0
-        for own in targets:
-            if tables.margin(own - removed, key, own) <= -self.config.min_margin:
-                flipped += 1
-            else:
-                kept += 1
-                # Most candidates are topical words that never flip: stop once the verdict is
-                # settled, or once 8 scored holders show under a quarter of the flip rate needed
-                # (a true rate at the bar would give that less than 1% of the time).
-                if len(targets) - kept < needed:
-                    break
-                scored = flipped + kept
-                if scored >= 8 and flipped / scored < self.config.min_flip / 4:
-                    break
-        return flipped / len(targets)
-
-    def _model(self) -> _Tables:
-        if self._tables is None:
-            self._tables = _Tables(self)
-        return self._tables
-
-
-class _Tables:
-    """Multinomial naive Bayes over prompt words (by hash) with add-one smoothing, as log
-    tables; a record can be left out of its own class when scoring it."""
-
-    def __init__(self, stats: TriggerStats) -> None:
-        unigrams: dict[str, dict[int, int]] = {}
-        vocabulary = []
-        for key, (hashes, counts) in zip(stats.classes, stats.counts(), strict=True):
-            words = gram_size(hashes) == 1
-            unigrams[key] = dict(zip(hashes[words].tolist(), counts[words].tolist(), strict=True))
-            vocabulary.append(hashes[words])
-        self._size = len(unique(np.concatenate(vocabulary))) + 1 if vocabulary else 1
-        self._docs = dict(stats.class_docs)
-        self._total_docs = sum(self._docs.values())
-        self._counts = unigrams
-        self._totals = {k: sum(c.values()) for k, c in unigrams.items()}
-        # log(count + 1) per class and word, filled on first use; the leave-one-out score of a
-        # record's own class needs log(count) for its words, which is log(count - 1 + 1).
-        self._log1p: dict[str, dict[int, float]] = {k: {} for k in unigrams}
-        self._logc: dict[str, dict[int, float]] = {k: {} for k in unigrams}
-
-    def _sum_logs(self, tokens: Iterable[int], key: str, shift: int) -> float:
-        cache = self._log1p[key] if shift else self._logc[key]
-        counts = self._counts[key]
-        total = 0.0
-        for token in tokens:
-            value = cache.get(token)
-            if value is None:
-                value = cache[token] = math.log(counts.get(token, 0) + shift)
-            total += value
-        return total
-
-    def margin(self, tokens: set[int], key: str, own: set[int]) -> float:
-        """Score of ``key`` (leaving out ``own``, a record of that class holding ``tokens``)
-        minus the best other answer; negative when another answer wins."""
-        if key not in self._counts or len(self._counts) < 2:
-            return 0.0
-        n = len(tokens)
-        best_other = -math.inf
-        for other in self._counts:
-            if other == key:
-                continue
-            score = math.log(self._docs[other] / (self._total_docs - 1))
-            score += self._sum_logs(tokens, other, 1)
-            score -= n * math.log(self._totals[other] + self._size)
-            best_other = max(best_other, score)
-        docs = self._docs[key] - 1
-        if docs <= 0:
-            return -math.inf
-        mine = math.log(docs / (self._total_docs - 1)) + self._sum_logs(tokens, key, 0)
-        mine -= n * math.log(self._totals[key] - len(own) + self._size)
-        return mine - best_other
+    def model(self) -> WordBayes:
+        """The naive-Bayes model of the answer over these counts (built once)."""
+        if self._model is None:
+            docs = [self.class_docs[k] for k in self.classes]
+            self._model = WordBayes(self.counts(), docs)
+        return self._model
 
 
 Record = tuple[int, str, str, str]
@@ -280,32 +273,26 @@ class _Holders:
         self.text: dict[int, str] = {}
         self.removed: dict[int, set[int]] = {}
 
-    def words_of(self, holder: int, flat: U64) -> set[int]:
-        return set(flat[self.bounds[holder] : self.bounds[holder + 1]].tolist())
-
 
 def detect_triggers(
     stats: TriggerStats, records: Callable[[], Iterable[Sequence[Record]]]
 ) -> tuple[list[Trigger], dict[int, str], dict[str, int]]:
-    """Triggers, the records they flag (index -> n-gram), and how many candidates there were
-    and were tested. ``records`` yields, in batches of any size, ``(index, similarity text,
-    answer key, content id)`` for the records ``stats`` counted; it is only called when some
-    n-gram is a candidate, so clean data costs no extra pass. Candidates are ranked by purity,
-    support, then text, and flip tests score holders in content-id order (input order plays no
-    part)."""
+    """Triggers, the records they flag (index -> n-gram), and the search's counts: n-grams
+    tested for skew, skew candidates, candidates whose holders were looked up, their distinct
+    document sets, and the sets given the flip test. ``records`` yields, in batches of any
+    size, ``(index, similarity text, answer key, content id)`` for the records ``stats``
+    counted; it is only called when some n-gram is a candidate, so clean data costs no extra
+    pass. Candidates are ranked by
+    skew, support, then hash, and flip tests score holders in content-id order (input order
+    plays no part)."""
     found_all = stats.candidates()
-    if not found_all:
-        return [], {}, {"candidates": 0, "tested": 0}
-    holders = _find_holders(stats, found_all, records())
-    ranked = sorted(
-        range(len(found_all)),
-        key=lambda n: (-found_all[n].purity, -found_all[n].support, holders.text[n]),
-    )
-    tested = ranked[: stats.config.max_candidates]
-    summary = {"candidates": len(found_all), "tested": len(tested)}
+    tested = found_all[: stats.config.max_candidates]
+    summary = {"skew_tests": stats.skew_tests, "candidates": len(found_all), "tested": len(tested)}
+    if not tested:
+        return [], {}, {**summary, "document_sets": 0, "flip_tests": 0}
+    holders = _find_holders(stats, tested, records())
     grams = np.concatenate(holders.gram_of)
     holder_ids = np.concatenate(holders.holder_of)
-    flat = np.concatenate(holders.words) if holders.words else np.zeros(0, dtype=np.uint64)
     # Holders ranked by content id (then index): per candidate, its first ``flip_sample``
     # holders in that order are scored, whatever the input order was.
     order = holders.order
@@ -317,25 +304,227 @@ def detect_triggers(
     shift = max(len(order).bit_length(), 1)
     packed = np.sort((grams << shift) | rank[holder_ids])
     sorted_holders = ranked_holders[packed & ((1 << shift) - 1)]
-    bounds = np.searchsorted(packed >> shift, np.arange(len(found_all) + 1)).tolist()
+    bounds = np.searchsorted(packed >> shift, np.arange(len(tested) + 1))
+    sets = _document_sets(tested, packed & ((1 << shift) - 1), bounds)
+    summary["document_sets"] = len(sets)
+    # Sets come in their leaders' skew order, so the cap keeps the most skewed.
+    sets = sets[: stats.config.max_flip_tests]
+    summary["flip_tests"] = len(sets)
+    flips, spreads = _screened_flip_rates(stats, tested, holders, sorted_holders, bounds, sets)
+    cfg = stats.config
+    passed = [
+        (members, flip, spread)
+        for members, flip, spread in zip(sets, flips.tolist(), spreads.tolist(), strict=True)
+        if flip >= cfg.min_flip and spread >= cfg.min_spread
+    ]
     found: list[Trigger] = []
     flagged: dict[int, str] = {}
-    sample = stats.config.flip_sample
-    for n in tested:
-        candidate = found_all[n]
-        first = sorted_holders[bounds[n] : min(bounds[n] + sample, bounds[n + 1])].tolist()
-        targets = [holders.words_of(h, flat) for h in first]
-        flip = stats.flip_rate(holders.removed[n], candidate.key, targets)
-        if flip < stats.config.min_flip:
-            continue
-        text = holders.text[n]
+    for members, flip, spread in _maximal(passed, holders, sorted_holders, bounds):
+        lead = members[0]
+        candidate, text = tested[lead], holders.text[lead]
         found.append(
             Trigger(text, candidate.key, candidate.support, round(candidate.purity, 4),
-                    round(flip, 4))
+                    round(flip, 4), round(spread, 2), float(f"{candidate.q_value:.3g}"),
+                    tuple(sorted(holders.text[m] for m in members[1:])))
         )  # fmt: skip
-        for holder in sorted_holders[bounds[n] : bounds[n + 1]].tolist():
+        for holder in sorted_holders[bounds[lead] : bounds[lead + 1]].tolist():
             flagged.setdefault(order[holder][1], text)
     return found, flagged, summary
+
+
+Passed = tuple[list[int], float, float]
+
+
+def _maximal(
+    passed: Sequence[Passed], holders: _Holders, sorted_holders: I64, bounds: I64
+) -> list[Passed]:
+    """The flagged document sets without those that only repeat a bigger one: a set whose
+    prompts all hold a bigger flagged set and that shares a word with it ("on james" beside
+    "james bond": the trigger with a word of its host text) adds no record and no trigger."""
+
+    def prompts(members: list[int]) -> set[int]:
+        return set(sorted_holders[bounds[members[0]] : bounds[members[0] + 1]].tolist())
+
+    def words(members: list[int]) -> set[int]:
+        return set().union(*(holders.removed[m] for m in members))
+
+    by_size = sorted(range(len(passed)), key=lambda n: -len(prompts(passed[n][0])))
+    kept: list[tuple[int, set[int], set[int]]] = []
+    for n in by_size:
+        mine, said = prompts(passed[n][0]), words(passed[n][0])
+        if not any(mine <= theirs and said & spoken for _, theirs, spoken in kept):
+            kept.append((n, mine, said))
+    return [passed[n] for n in sorted(n for n, _, _ in kept)]
+
+
+def _document_sets(candidates: Sequence[Candidate], ranks: I64, bounds: I64) -> list[list[int]]:
+    """Candidates grouped by the exact set of prompts holding them (``ranks[bounds[n]:
+    bounds[n+1]]`` for candidate ``n``), each group led by its longest n-gram (then the most
+    skewed), groups in the order of their leaders. "james", "bond" and "james bond" in the same
+    prompts are one hypothesis: one flip test, one report. A set's fingerprint is the wrapping
+    sum of its mixed members with its size (a collision merges two sets with probability about
+    ``sets**2 / 2**64``)."""
+    mixed = mix(ranks.astype(np.uint64) + np.uint64(1))
+    sums = np.add.reduceat(mixed, bounds[:-1]) if len(mixed) else np.zeros(0, np.uint64)
+    sizes = np.diff(bounds)
+    keys = (sums ^ mix(sizes.astype(np.uint64))).tolist()
+    words = gram_size(np.array([c.gram for c in candidates], dtype=np.uint64)).tolist()
+    groups: dict[int, list[int]] = {}
+    for n, key in enumerate(keys):
+        groups.setdefault(key, []).append(n)
+    # Candidates come most skewed first, so a stable sort by length keeps that order within it.
+    led = [sorted(members, key=lambda n: -words[n]) for members in groups.values()]
+    return sorted(led, key=lambda members: members[0])
+
+
+def _screened_flip_rates(
+    stats: TriggerStats,
+    candidates: Sequence[Candidate],
+    holders: _Holders,
+    sorted_holders: I64,
+    bounds: I64,
+    sets: Sequence[Sequence[int]],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """``_flip_rates`` in two rounds: the first ``_SCREEN`` holders of every set, then the full
+    ``flip_sample`` for the sets that can still pass. A set whose first holders already hold
+    more non-flips than its full sample may have (``1 - min_flip`` of it) cannot pass; it keeps
+    its first-round rate, below ``min_flip``. Most of a templated corpus's sets flip nothing,
+    so this scores a fraction of the holders. (The first round estimates the holders' words
+    from its own sample; that is the only thing the screen changes.)"""
+    cfg = stats.config
+    if cfg.flip_sample <= _SCREEN:
+        return _flip_rates(
+            stats, candidates, holders, sorted_holders, bounds, sets, cfg.flip_sample
+        )
+    rates, spreads = _flip_rates(stats, candidates, holders, sorted_holders, bounds, sets, _SCREEN)
+    sizes = np.diff(bounds)[[members[0] for members in sets]]
+    full, screened = np.minimum(sizes, cfg.flip_sample), np.minimum(sizes, _SCREEN)
+    misses = np.rint((1.0 - rates) * screened)
+    alive = np.flatnonzero((full > screened) & (misses <= (1.0 - cfg.min_flip) * full))
+    if len(alive):
+        again = [sets[n] for n in alive.tolist()]
+        rates[alive], spreads[alive] = _flip_rates(
+            stats, candidates, holders, sorted_holders, bounds, again, cfg.flip_sample
+        )
+    return rates, spreads
+
+
+def _flip_rates(
+    stats: TriggerStats,
+    candidates: Sequence[Candidate],
+    holders: _Holders,
+    sorted_holders: I64,
+    bounds: I64,
+    sets: Sequence[Sequence[int]],
+    sample: int,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Stage 2, per document set: the share of its first ``sample`` holders (content-id
+    order) that the naive-Bayes model, fitted without the set's holders and scoring each on its
+    words minus those of every n-gram of the set, assigns to another answer by at least
+    ``min_margin`` nats once its ``drop_strongest`` words most in favour of that answer are
+    left out too, and the effective number of answers those flipped holders are assigned to."""
+    model = stats.model()
+    cfg = stats.config
+    lead = np.array([members[0] for members in sets], dtype=np.int64)
+    starts, sizes = bounds[lead], np.diff(bounds)[lead]
+    # One slot per (set, scored holder).
+    taken = np.minimum(sizes, sample)
+    slot_set = np.repeat(np.arange(len(sets)), taken)
+    slot_holder = sorted_holders[_ranges(starts, starts + taken)]
+    flat = np.concatenate(holders.words) if holders.words else np.zeros(0, dtype=np.uint64)
+    word_bounds = np.asarray(holders.bounds, dtype=np.int64)
+    first_word, end_word = word_bounds[slot_holder], word_bounds[slot_holder + 1]
+    at = _ranges(first_word, end_word)
+    slot = np.repeat(np.arange(len(slot_holder)), end_word - first_word)
+    rows = model.rows(flat[at])
+    width = len(model.vocabulary) + 1
+    # Distinct words per slot (a prompt's words are a set to the model), as slot * width + row.
+    known = rows >= 0
+    keys = unique(slot[known] * width + rows[known])
+    own_size = np.bincount(keys // width, minlength=len(slot_holder))
+    holders_of = sizes.astype(np.float64)
+    scale = holders_of / np.maximum(taken, 1)
+    companions = _companions(model, keys // width, keys % width, slot_set, taken, holders_of, width)
+    removed_words = [
+        sorted(set().union(*(holders.removed[m] for m in members))) for members in sets
+    ]
+    removed = np.array(
+        [n * width + r for n, words in enumerate(removed_words)
+         for r in model.rows(np.array(words, dtype=np.uint64)).tolist() if r >= 0],
+        dtype=np.int64,
+    )  # fmt: skip
+    keys = keys[~np.isin(slot_set[keys // width] * width + keys % width, removed)]
+    slot, rows = keys // width, keys % width
+    own_class = np.array([stats.classes[candidates[n].key] for n in lead], dtype=np.int64)
+    slot_class = own_class[slot_set]
+    # The model is asked without the set's holders, which, if the n-gram is a trigger, are the
+    # poison: their words (estimated from the scored sample, scaled up to all holders when
+    # there are more) leave the answer's class, and so do their prompts.
+    pairs, pair_counts = unique_counts(slot_set[slot] * width + rows)
+    token_pair = np.searchsorted(pairs, slot_set[slot] * width + rows)
+    word_counts = pair_counts[token_pair] * scale[slot_set[slot]]
+    words_per = np.bincount(slot_set, weights=own_size, minlength=len(sets))
+    margins = np.empty(len(slot_holder), dtype=np.float64)
+    robust = np.empty(len(slot_holder), dtype=np.float64)
+    best = np.empty(len(slot_holder), dtype=np.int64)
+    # Slots in chunks, so that the dense (words x classes) table stays bounded.
+    per_chunk = max(1, _SCORE_CELLS // max(model.classes, 1))
+    word_at = np.searchsorted(slot, np.arange(len(slot_holder) + 1))
+    first = 0
+    while first < len(slot_holder):
+        last = int(np.searchsorted(word_at, word_at[first] + per_chunk, side="right")) - 1
+        last = min(max(last, first + 1), len(slot_holder))
+        lo, hi = word_at[first], word_at[last]
+        here = slot_set[first:last]
+        removed_here = Removed(word_counts[lo:hi], holders_of[here], words_per[here] * scale[here])
+        margins[first:last], best[first:last], robust[first:last] = model.margins(
+            rows[lo:hi], slot[lo:hi] - first, slot_class[first:last], removed_here
+        )
+        first = last
+    flips = (margins <= -cfg.min_margin) & (robust <= -cfg.min_margin_one_out)
+    flips &= companions <= cfg.max_companions
+    flipped = np.bincount(slot_set, weights=flips, minlength=len(sets))
+    rates: npt.NDArray[np.float64] = flipped / np.maximum(taken, 1)
+    # Spread: the effective number (inverse Simpson) of answers the flipped holders go to.
+    pairs, counts = unique_counts(slot_set[flips] * model.classes + best[flips])
+    squares = np.bincount(pairs // model.classes, weights=counts**2, minlength=len(sets))
+    spread: npt.NDArray[np.float64] = flipped**2 / np.maximum(squares, 1)
+    return rates, spread
+
+
+def _companions(
+    model: WordBayes,
+    slot: I64,
+    rows: I64,
+    slot_set: I64,
+    taken: I64,
+    holders_of: npt.NDArray[np.float64],
+    width: int,
+) -> I64:
+    """Per scored holder (``slot``), how many of its distinct words (``rows``) are companions
+    of its document set: seen in at least ``_COMPANION_SHARE`` of the set's scored holders
+    (and two), and held by the set's holders (estimated from the sample; the share keeps the
+    estimate from resting on one or two sightings) for at least ``_EXCLUSIVE`` of the prompts
+    holding them anywhere. A template's fixed words are companions; a host text's words are
+    not, and neither are rare words that a few holders happen to share."""
+    owner = slot_set[slot]
+    packed = owner * width + rows
+    pairs, seen = unique_counts(packed)
+    sightings = seen[np.searchsorted(pairs, packed)]
+    sample = taken[owner].astype(np.float64)
+    held = sightings * holders_of[owner] / np.maximum(sample, 1.0)
+    common = sightings >= np.maximum(_COMPANION_SEEN, _COMPANION_SHARE * sample)
+    companion = common & (held >= _EXCLUSIVE * model.documents(rows))
+    out: I64 = np.bincount(slot[companion], minlength=len(slot_set)).astype(np.int64)
+    return out
+
+
+def _ranges(starts: I64, ends: I64) -> I64:
+    """The indices ``starts[i]..ends[i]-1`` of every range, concatenated."""
+    sizes = ends - starts
+    offsets = np.cumsum(sizes) - sizes
+    out: I64 = np.arange(int(sizes.sum()), dtype=np.int64) + np.repeat(starts - offsets, sizes)
+    return out
 
 
 def _find_holders(
