@@ -53,3 +53,16 @@ class EngineTimeout(EngineError):
 
 class ReportError(QlgateError):
     """A report cannot be used: unreadable, another schema version, or another golden set."""
+
+
+class MissingExtra(QlgateError):
+    """A command needs an optional dependency group (a pip "extra") that is not installed."""
+
+    def __init__(self, command: str, extra: str, module: str):
+        self.command = command
+        self.extra = extra
+        self.module = module
+        super().__init__(
+            f"{command} needs the '{extra}' extra: pip install 'qlgate[{extra}]' "
+            f"(module {module!r} is not installed)"
+        )

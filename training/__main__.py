@@ -1,5 +1,6 @@
 """``python -m training <command>``: each command lives in its own module, imported lazily so
-``--help`` and a typo answer instantly without importing torch."""
+``--help`` and a typo answer instantly without importing torch. A command whose optional extra
+is not installed answers one line with the ``pip install`` to run (exit 2), not a traceback."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from qlgate_pytest.errors import MissingExtra
+from qlgate_pytest.extras import as_missing_extra
 from training.errors import TrainingError
 
 # command -> (module, help). Each module has add_arguments(parser) and run(args) -> int.
@@ -24,18 +27,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
     chosen = (list(argv) if argv is not None else sys.argv[1:])[:1]
-    for name, (module_name, help_text) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        # Only the chosen command's module is imported; the others just list their help line.
-        if name in chosen:
-            module = importlib.import_module(module_name)
-            module.add_arguments(command_parser)
-            modules[name] = module
-    args = parser.parse_args(argv)
     try:
+        for name, (module_name, help_text) in COMMANDS.items():
+            command_parser = sub.add_parser(name, help=help_text, description=help_text)
+            # Only the chosen command's module is imported; the others just list their help line.
+            if name in chosen:
+                module = importlib.import_module(module_name)
+                module.add_arguments(command_parser)
+                modules[name] = module
+        args = parser.parse_args(argv)
         return int(modules[args.command].run(args))
-    except TrainingError as exc:
+    except (TrainingError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        missing = as_missing_extra(exc, chosen[0] if chosen else "this command")
+        if missing is None:
+            raise
+        print(f"error: {missing}", file=sys.stderr)
         return 2
 
 

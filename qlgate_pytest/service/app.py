@@ -4,6 +4,10 @@
     GET  /jobs/{job_id}   a job's state and, once finished, its verdict and report
     GET  /healthz         liveness and queue depth (no token needed)
     GET  /metrics         the service's Prometheus metrics
+    GET  /openapi.json    the API schema (token needed unless ``public_docs``)
+    GET  /docs, /redoc    interactive docs: only with ``public_docs`` (a browser page cannot
+                          send the bearer token to fetch the schema, so they would be useless
+                          behind it; an operator who wants them opens them on purpose)
 
 Handlers read per-app state from ``request.app.state`` so one process can hold several apps
 (tests do) and annotations only name module-level types, which FastAPI resolves at run time.
@@ -20,7 +24,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from qlgate_pytest import options as gate
@@ -29,14 +34,24 @@ from qlgate_pytest.service.auth import require_token
 from qlgate_pytest.service.jobs import (
     GateRunner,
     Job,
+    JobNotRecorded,
     JobQueue,
     JobSpec,
     PytestGateRunner,
     QueueFull,
 )
 from qlgate_pytest.service.metrics import RequestMetricsMiddleware, ServiceMetrics
-from qlgate_pytest.service.paths import RequestRejected, Root, adapter_dir, confine, golden_set_dir
+from qlgate_pytest.service.paths import (
+    RequestRejected,
+    Root,
+    adapter_dir,
+    confine,
+    confine_tree,
+    golden_set_dir,
+)
+from qlgate_pytest.service.references import EMBEDDED, base_model_of, check_dataset
 from qlgate_pytest.service.schemas import EvaluateRequest, Health, JobResult, Problem
+from qlgate_pytest.service.store import JobStore
 
 VERSION = "1"
 _STATUS = {"approved": 200, "rejected": 409, "failed": 500, "queued": 202, "running": 202}
@@ -56,6 +71,15 @@ class ServiceConfig:
     max_body_bytes: int = 64 * 1024
     work_dir: Path | None = None
     keep_finished: int = 1000
+    # Where job state lives across restarts; default: work_dir/.qlgate-service, else
+    # ./.qlgate-service in the service's working directory.
+    state_dir: Path | None = None
+    public_docs: bool = False
+
+    def state_path(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        return (self.work_dir or Path.cwd()) / ".qlgate-service"
 
 
 @dataclass(frozen=True)
@@ -80,33 +104,59 @@ def _flag(spec: gate.OptionSpec, value: object) -> str:
     return f"{spec.flag}={value!r}" if isinstance(value, float) else f"{spec.flag}={value}"
 
 
-def _baseline(raw: str, roots: Sequence[Root]) -> str:
+def _adapter(raw: str, roots: Sequence[Root], *, field: str) -> Path:
+    """A confined adapter whose files, and the training data its provenance names, are all
+    inside the roots."""
+    path = adapter_dir(raw, roots, field=field)
+    confine_tree(path, roots, field=field)
+    check_dataset(path, roots)
+    return path
+
+
+def _baseline(raw: str, roots: Sequence[Root]) -> tuple[str, Path | None]:
     if raw == "base":
-        return raw
+        return raw, None
     path = confine(raw, roots, field="baseline")
     if path.is_dir():
-        return str(adapter_dir(str(path), roots, field="baseline"))
+        adapter = _adapter(str(path), roots, field="baseline")
+        return str(adapter), adapter
     if path.suffix != ".json":
         raise RequestRejected(400, "baseline: expected 'base', an adapter directory or a .json")
-    return str(path)
+    return str(path), None
 
 
 def _base_model(raw: str, roots: Sequence[Root]) -> str:
-    if raw == "embedded":
+    if raw == EMBEDDED:
         return raw
     path = confine(raw, roots, field="base_model")
     if not (path / "config.json").is_file():
         raise RequestRejected(400, f"base_model: {raw!r} has no config.json")
+    confine_tree(path, roots, field="base_model")
     return str(path)
+
+
+def prepare_job(spec: JobSpec, state: _State) -> None:
+    """Confine a queued job's directories again as it starts (they may have changed)."""
+    roots = state.model_roots
+    confine_tree(spec.golden, [state.golden_root], field="golden_set_id")
+    for adapter in (spec.candidate, spec.baseline_adapter):
+        if adapter is not None:
+            confine_tree(adapter, roots, field="adapter")
+            check_dataset(adapter, roots)
+    if spec.base_model_dir is not None:
+        confine_tree(spec.base_model_dir, roots, field="base_model")
 
 
 def build_spec(body: EvaluateRequest, state: _State) -> JobSpec:
     """The gate run a request asks for; RequestRejected (with its HTTP status) otherwise."""
     golden = golden_set_dir(body.golden_set_id, state.golden_root)
-    candidate = adapter_dir(body.model_path, state.model_roots)
+    confine_tree(golden, [state.golden_root], field="golden_set_id")
+    candidate = _adapter(body.model_path, state.model_roots, field="model_path")
     args: list[str] = []
+    baseline_adapter = None
     if body.baseline is not None:
-        args.append(_flag(gate.BASELINE, _baseline(body.baseline, state.model_roots)))
+        baseline, baseline_adapter = _baseline(body.baseline, state.model_roots)
+        args.append(_flag(gate.BASELINE, baseline))
     if body.baseline_f1 is not None:
         floor = gate.BY_KEY.get("min_f1")
         if floor is None:
@@ -125,8 +175,13 @@ def build_spec(body: EvaluateRequest, state: _State) -> JobSpec:
             args.append(_flag(gate.ENGINE, gate.parse_engine(body.engine)))
         except ValueError as exc:
             raise RequestRejected(400, f"engine: {exc}") from None
+    # Always explicit: left to itself the gate would follow the adapter's own files to a base
+    # model anywhere on the machine (references.py decides, within the roots, what it may use).
     if body.base_model is not None:
-        args.append(_flag(gate.BASE_MODEL, _base_model(body.base_model, state.model_roots)))
+        base_model = _base_model(body.base_model, state.model_roots)
+    else:
+        base_model = base_model_of(candidate, state.model_roots)
+    args.append(_flag(gate.BASE_MODEL, base_model))
     for spec, value in (
         (gate.CONFIDENCE, body.confidence),
         (gate.MAX_P99_MS, body.max_p99_ms),
@@ -137,7 +192,15 @@ def build_spec(body: EvaluateRequest, state: _State) -> JobSpec:
     ):
         if value is not None:
             args.append(_flag(spec, value))
-    return JobSpec(candidate=candidate, golden=golden, options=tuple(args))
+    if body.allow_unchecked_leakage:
+        args.append(gate.ALLOW_UNCHECKED_LEAKAGE.flag)
+    return JobSpec(
+        candidate=candidate,
+        golden=golden,
+        options=tuple(args),
+        baseline_adapter=baseline_adapter,
+        base_model_dir=None if base_model == EMBEDDED else Path(base_model),
+    )
 
 
 # -- job -> response ------------------------------------------------------------------------
@@ -203,7 +266,7 @@ async def evaluate(
         job = state.queue.submit(build_spec(body, state))
     except RequestRejected as exc:
         raise HTTPException(exc.status, str(exc)) from None
-    except QueueFull as exc:
+    except (QueueFull, JobNotRecorded) as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": _RETRY_AFTER_S}) from None
     if run_async:
         return _answer(job, 202, {"Location": f"/jobs/{job.id}"})
@@ -236,6 +299,19 @@ async def metrics(request: Request) -> PlainTextResponse:
     return PlainTextResponse(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
+async def openapi_schema(request: Request) -> JSONResponse:
+    """The OpenAPI schema of this service."""
+    return JSONResponse(request.app.openapi())
+
+
+async def _swagger(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="qlgate - docs")
+
+
+async def _redoc(request: Request) -> HTMLResponse:
+    return get_redoc_html(openapi_url="/openapi.json", title="qlgate - docs")
+
+
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     # FastAPI's default echoes each bad input back, and a NaN input then fails to render as
     # JSON (a 500 for a client error). Where, what and why is all a client needs.
@@ -266,6 +342,7 @@ def create_app(config: ServiceConfig, runner: GateRunner | None = None) -> FastA
         metrics=service_metrics,
         work_dir=config.work_dir,
         keep_finished=config.keep_finished,
+        store=JobStore(config.state_path()),
     )
 
     @contextlib.asynccontextmanager
@@ -282,8 +359,14 @@ def create_app(config: ServiceConfig, runner: GateRunner | None = None) -> FastA
         description="Evaluation gate for fine-tuned adapters: POST /evaluate runs the golden set.",
         lifespan=lifespan,
         max_body_size=config.max_body_bytes,
+        # Served by routes below, so the schema can sit behind the token.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
-    app.state.service = _State(config, golden_root, model_roots, queue, service_metrics)
+    state = _State(config, golden_root, model_roots, queue, service_metrics)
+    app.state.service = state
+    queue.prepare = lambda spec: prepare_job(spec, state)
     app.state.token = config.token.encode("utf-8") if config.token else None
     protected = [Depends(require_token)]
     app.add_api_route(
@@ -300,6 +383,16 @@ def create_app(config: ServiceConfig, runner: GateRunner | None = None) -> FastA
         "/metrics", metrics, methods=["GET"], dependencies=protected,
         response_class=PlainTextResponse, responses={401: _problem("missing or wrong token")},
     )  # fmt: skip
+    # The schema maps every path, option and bound of the API: behind the token like the API
+    # itself, unless the operator publishes it (with the interactive pages) on purpose.
+    docs_guard = [] if config.public_docs else protected
+    app.add_api_route(
+        "/openapi.json", openapi_schema, methods=["GET"], dependencies=docs_guard,
+        include_in_schema=False,
+    )  # fmt: skip
+    if config.public_docs:
+        app.add_api_route("/docs", _swagger, methods=["GET"], include_in_schema=False)
+        app.add_api_route("/redoc", _redoc, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)

@@ -87,6 +87,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where each job's temporary directory is made (default: system tmp)",
     )
     parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where job state is kept across restarts (default: WORK_DIR/.qlgate-service, "
+        "else ./.qlgate-service)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="a connection must send complete request headers within S seconds (default 10)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="and then its whole request body within S seconds (default 30)",
+    )
+    parser.add_argument(
+        "--keep-alive-timeout",
+        type=_positive_int,
+        default=5,
+        metavar="S",
+        help="an idle keep-alive connection is closed after S seconds (default 5)",
+    )
+    parser.add_argument(
+        "--public-docs",
+        action="store_true",
+        help="serve /openapi.json without the token, and the /docs and /redoc pages "
+        "(default: the schema needs the token and the pages are off)",
+    )
+    parser.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help=f"run without {TOKEN_ENV}; allowed only on a loopback --host",
@@ -130,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from qlgate_pytest.service.app import ServiceConfig, create_app
+    from qlgate_pytest.service.server import server_config
 
     config = ServiceConfig(
         golden_root=args.golden_root,
@@ -140,15 +176,20 @@ def run(args: argparse.Namespace) -> int:
         job_timeout_s=args.job_timeout,
         max_body_bytes=args.max_body_bytes,
         work_dir=args.work_dir,
+        state_dir=args.state_dir,
+        public_docs=args.public_docs,
     )
     app = create_app(config)
-    # On shutdown, requests still waiting for a verdict get this long; then running gates are
-    # killed and their jobs reported failed (the lifespan's JobQueue.stop).
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=30,
+    server = uvicorn.Server(
+        server_config(
+            app,
+            host=args.host,
+            port=args.port,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            keep_alive_timeout_s=args.keep_alive_timeout,
+            log_level=args.log_level,
+        )
     )
+    server.run()
     return 0

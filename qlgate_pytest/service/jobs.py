@@ -9,12 +9,18 @@ at a time; on CPU there is one worker.
 Every accepted job ends ``approved``, ``rejected`` or ``failed`` with a message: a subprocess
 that crashes, times out, writes no report or contradicts its report is a failed job, never a
 lost one. A full queue refuses new jobs (:class:`QueueFull`) instead of growing without bound.
+
+Every job is also a file (:mod:`~qlgate_pytest.service.store`), so a restarted service answers
+for the jobs of the one before: finished ones with their verdicts, unfinished ones as failed
+("the service restarted ..."). The gate runs under :mod:`~qlgate_pytest.service.reaper`, so no
+gate process outlives its job or the service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -23,32 +29,37 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from qlgate_pytest.errors import ReportError
+from qlgate_pytest.errors import QlgateError, ReportError
+from qlgate_pytest.service import reaper
+from qlgate_pytest.service.job import Job, JobSpec
 from qlgate_pytest.service.metrics import ServiceMetrics
+from qlgate_pytest.service.store import JobStore
 
 # pytest's exit statuses other than 0 (passed) and 1 (gate red / tests failed).
 _PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
+__all__ = ["GateRunner", "Job", "JobNotRecorded", "JobQueue", "JobSpec", "PytestGateRunner",
+           "QueueFull", "verdict_of"]  # fmt: skip
 _TAIL = 4000  # characters of the subprocess's output kept for a failure message
 # The service's secret: a gate run needs no token, and its output may end up in a response.
 _SCRUBBED_ENV = ("QLGATE_TOKEN",)
+_LOG = logging.getLogger("qlgate.service")
+# After SIGTERM the reaper kills the gate's group at once; this is only a bound on a hung reaper.
+_REAPER_GRACE_S = 5.0
+RESTARTED_RUNNING = "the service restarted while the job was running; submit it again"
+RESTARTED_QUEUED = "the service restarted before the job started; submit it again"
 
 
 class QueueFull(Exception):
     """The queue holds ``max_queued`` jobs already; the client should retry later."""
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """One gate run: candidate, golden set, and extra gate options (``--flag=value``)."""
-
-    candidate: Path
-    golden: Path
-    options: tuple[str, ...] = ()
+class JobNotRecorded(Exception):
+    """The job could not be written to the state directory, so it was not accepted."""
 
 
 class GateRunner(Protocol):
@@ -80,30 +91,17 @@ class PytestGateRunner:
         ]  # fmt: skip
 
 
-@dataclass
-class Job:
-    """A job's mutable state; only the event loop thread touches it."""
-
-    id: str
-    spec: JobSpec
-    submitted_at: float
-    status: str = "queued"
-    started_at: float | None = None
-    finished_at: float | None = None
-    exit_code: int | None = None
-    message: str = "queued"
-    report: dict[str, Any] | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("approved", "rejected", "failed")
-
-
 async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Stop a job's reaper, which kills the gate's process group first; SIGKILL after a grace
+    period in case the reaper itself hangs (the gate then dies by its parent-death signal)."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    await proc.wait()
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=_REAPER_GRACE_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 def _tail(text: str) -> str:
@@ -144,6 +142,8 @@ class JobQueue:
         work_dir: Path | None = None,
         keep_finished: int = 1000,
         env: Mapping[str, str] | None = None,
+        store: JobStore | None = None,
+        prepare: Callable[[JobSpec], None] | None = None,
     ):
         if not devices:
             raise ValueError("at least one device (None for CPU) is needed")
@@ -155,6 +155,10 @@ class JobQueue:
         self.work_dir = work_dir
         self.keep_finished = keep_finished
         self._env = dict(os.environ if env is None else env)
+        self.store = store
+        # Called as each job starts; a QlgateError fails the job (paths re-confined, since
+        # files may have changed while it waited).
+        self.prepare = prepare
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._queue: asyncio.Queue[Job] | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -164,6 +168,7 @@ class JobQueue:
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.max_queued)
+        self._recover()
         self._workers = [
             asyncio.create_task(self._work(device), name=f"qlgate-worker-{device or 'cpu'}")
             for device in self.devices
@@ -181,6 +186,41 @@ class JobQueue:
             if not job.finished:
                 self._finish(job, "failed", "the service shut down before the job finished")
 
+    def _recover(self) -> None:
+        """Load the jobs of earlier runs; fail (and kill what is left of) unfinished ones."""
+        if self.store is None:
+            return
+        self.store.ensure()
+        unfinished = []
+        for record in self.store.load():
+            try:
+                job = Job.from_record(record.data)
+            except (KeyError, TypeError, ValueError) as exc:
+                _LOG.warning("job file %s: %r; ignored", record.id, exc)
+                continue
+            self._jobs[job.id] = job
+            if not job.finished:
+                unfinished.append(job)
+        killed = reaper.kill_job_processes([job.id for job in unfinished])
+        if killed:
+            _LOG.warning("killed %d process(es) left by unfinished jobs: %s", len(killed), killed)
+        for job in unfinished:
+            message = RESTARTED_RUNNING if job.status == "running" else RESTARTED_QUEUED
+            # Not counted in this process's metrics: it neither accepted nor ran the job.
+            job.status, job.message, job.finished_at, job.pid = "failed", message, time.time(), None
+            self._save(job)
+            job.done.set()
+        self._evict()
+
+    def _save(self, job: Job) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.save(job.to_record())
+        except (OSError, ValueError) as exc:
+            # The in-memory state stays right; only a restart would lose this change.
+            _LOG.warning("cannot record job %s: %s", job.id, exc)
+
     # -- submitting and reading ----------------------------------------------------------------
 
     @property
@@ -195,11 +235,16 @@ class JobQueue:
         if self._queue is None:
             raise RuntimeError("JobQueue.start() was not awaited (the app's lifespan did not run)")
         job = Job(id=secrets.token_hex(8), spec=spec, submitted_at=time.time())
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if self._queue.full():
             self.metrics.queue_full.inc()
-            raise QueueFull(f"{self.max_queued} jobs are already waiting") from None
+            raise QueueFull(f"{self.max_queued} jobs are already waiting")
+        if self.store is not None:
+            # Recorded before it is accepted: a job the client was told about is never lost.
+            try:
+                self.store.save(job.to_record())
+            except (OSError, ValueError) as exc:
+                raise JobNotRecorded(f"cannot record the job in {self.store.dir}: {exc}") from exc
+        self._queue.put_nowait(job)
         self._jobs[job.id] = job
         self.metrics.jobs_submitted.inc()
         self.metrics.queued.set(self.queued)
@@ -213,6 +258,8 @@ class JobQueue:
         finished = [j.id for j in self._jobs.values() if j.finished]
         for job_id in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._jobs[job_id]
+            if self.store is not None:
+                self.store.delete(job_id)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -240,14 +287,22 @@ class JobQueue:
         return env
 
     async def _run(self, job: Job, device: str | None) -> None:
+        if self.prepare is not None:
+            try:
+                self.prepare(job.spec)
+            except QlgateError as exc:
+                self._finish(job, "failed", f"refused when the job started: {exc}")
+                return
         job.status, job.started_at, job.message = "running", time.time(), "running"
+        self._save(job)
         self._running += 1
         self.metrics.running.set(self._running)
         tmp = Path(tempfile.mkdtemp(prefix=f"qlgate-job-{job.id}-", dir=self.work_dir))
         try:
             report_path = tmp / "gate-report.json"
             command = list(self.runner.command(job.spec, report_path))
-            code, output = await self._spawn(command, tmp, self._child_env(device))
+            env = {**self._child_env(device), reaper.JOB_ENV: job.id}
+            code, output = await self._spawn(job, command, tmp, env)
             if code is None:
                 self._finish(job, "failed", f"the gate exceeded the {self.timeout_s:g} s limit")
                 return
@@ -270,20 +325,23 @@ class JobQueue:
             shutil.rmtree(tmp, ignore_errors=True)
 
     async def _spawn(
-        self, command: list[str], cwd: Path, env: Mapping[str, str]
+        self, job: Job, command: list[str], cwd: Path, env: Mapping[str, str]
     ) -> tuple[int | None, str]:
-        """Run ``command``; (exit status, output), or (None, output) when it timed out."""
+        """Run ``command`` under the reaper; (exit status, output), or (None, output) when it
+        timed out."""
         proc = await asyncio.create_subprocess_exec(
-            *command,
+            *reaper.command(os.getpid(), command),
             cwd=cwd,
             env=dict(env),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            # Its own process group, so a timeout or shutdown kills the gate and its children
-            # (engine workers), not just the pytest process.
+            # Its own session: a Ctrl-C in the service's terminal reaches the service, which
+            # stops the job through the reaper, not the gate directly.
             start_new_session=True,
         )
+        job.pid = proc.pid
+        self._save(job)
         try:
             stdout, _ = await asyncio.wait_for(proc.communicate(), timeout=self.timeout_s)
         except TimeoutError:
@@ -299,6 +357,8 @@ class JobQueue:
         if job.finished:
             return
         job.status, job.message, job.finished_at = status, message, time.time()
+        job.pid = None
+        self._save(job)
         self.metrics.jobs_finished.labels(status).inc()
         started = job.started_at or job.submitted_at
         self.metrics.job_seconds.labels(status).observe(job.finished_at - started)

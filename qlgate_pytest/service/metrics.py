@@ -21,6 +21,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # A gate run takes seconds (tiny model) to an hour (8B on CPU); request latency spans ms to that.
 _JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
+# Set in a request's ASGI scope by the server when the body deadline expired and it answered 408.
+READ_TIMEOUT_KEY = "qlgate.read_timeout"
 _REQUEST_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120, 600, 3600, float("inf"))
 
 
@@ -86,6 +88,8 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, tracked_send)
         finally:
+            if scope.get(READ_TIMEOUT_KEY):
+                status = 408  # the server answered for the app: the body never arrived
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(scope.get("method", ""), name, str(status)).inc()

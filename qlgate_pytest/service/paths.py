@@ -10,6 +10,9 @@ inside the configured roots however they are spelled. The rules, in order:
    about what exists elsewhere.
 3. The path is resolved following symlinks; a missing path is 404, and a resolved path outside
    every root (a symlink pointing out) is 403.
+4. A directory the gate will read (adapter, golden set, base model) must hold no symlink, at
+   any depth, that resolves outside the roots (:func:`confine_tree`): the gate opens the files
+   inside, so a confined directory with ``adapter_model.safetensors -> /elsewhere`` is an escape.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from pathlib import Path
 from qlgate_pytest.errors import QlgateError
 
 GOLDEN_SET_ID = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+# A directory the service confines entry by entry; past this many entries it is refused rather
+# than walked for seconds per request (a model or adapter has tens of files, a golden set with
+# its generation cache a few thousand).
+MAX_TREE_ENTRIES = 200_000
 _GOLDEN_SET_RE = re.compile(GOLDEN_SET_ID)
 
 
@@ -111,3 +118,44 @@ def adapter_dir(raw: str, roots: Sequence[Root], *, field: str = "model_path") -
     if not (path / "adapter_config.json").is_file():
         raise RequestRejected(400, f"{field}: {raw!r} is not an adapter (no adapter_config.json)")
     return path
+
+
+def confine_tree(path: Path, roots: Sequence[Root], *, field: str) -> None:
+    """RequestRejected (403) when any symlink under the directory ``path`` resolves outside
+    ``roots`` (a dangling one by where it would point); 400 past :data:`MAX_TREE_ENTRIES`
+    entries. Regular files and directories under a confined directory are inside it already:
+    only links can point out. A link to a directory inside a root is followed, since the gate
+    reads through it and that directory's own links count too."""
+    seen = 0
+    stack = [path.resolve()]
+    visited: set[Path] = set()
+    while stack:
+        current = stack.pop()
+        if current in visited:
+            continue
+        visited.add(current)
+        try:
+            entries = list(os.scandir(current))
+        except OSError as exc:
+            raise RequestRejected(400, f"{field}: cannot list {current}: {exc}") from None
+        for entry in entries:
+            seen += 1
+            if seen > MAX_TREE_ENTRIES:
+                raise RequestRejected(
+                    400, f"{field}: {path} holds more than {MAX_TREE_ENTRIES} entries"
+                )
+            if entry.is_symlink():
+                try:
+                    target = Path(entry.path).resolve()
+                except (OSError, RuntimeError):
+                    continue  # a symlink loop opens nothing
+                if not any(r.contains(target) for r in roots):
+                    raise RequestRejected(
+                        403,
+                        f"{field}: {Path(entry.path).name!r} in {current} links outside the "
+                        "configured roots",
+                    )
+                if target.is_dir():
+                    stack.append(target)
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))

@@ -2,16 +2,31 @@
 
 Unknown keys are refused (a misspelt ``treshold`` must not silently gate with the default), and
 every number has the same bounds the gate's own option validators apply, so a request that
-passes validation never turns into a pytest usage error later.
+passes validation never turns into a pytest usage error later. Numbers must be JSON numbers:
+``true`` is not the integer 1, nor ``"0.1"`` the float 0.1 (pydantic's lax mode would take
+both); an integral ``8.0`` is the integer 8, as JSON Schema's ``integer`` says.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic_core import PydanticCustomError
 
 from qlgate_pytest.service.paths import GOLDEN_SET_ID
+
+_INTS = ("batch_size", "seed")
+_FLOATS = ("baseline_f1", "threshold", "confidence", "max_p99_ms", "max_slice_drop")
+
+
+def _json_number(value: object, kind: str) -> object:
+    if isinstance(value, bool | str):
+        got = "boolean" if isinstance(value, bool) else "string"
+        what = "an integer" if kind == "int" else "a number"
+        raise PydanticCustomError(f"{kind}_type", f"Input should be {what}, not a JSON {got}")
+    return value
+
 
 JobStatus = Literal["queued", "running", "approved", "rejected", "failed"]
 MAX_PATH = 4096
@@ -64,6 +79,24 @@ class EvaluateRequest(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=4096)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    # Strict: "false" or 0 must not be read as a choice to skip a check.
+    allow_unchecked_leakage: StrictBool = Field(
+        default=False,
+        description="let the gate pass when the adapter's training data cannot be found or "
+        "verified (--allow-unchecked-leakage); the report says the leakage check did not run",
+    )
+
+    # A field validator, not a strict type: strict ints refuse 8.0, which JSON Schema (and so
+    # every client generated from the schema) calls an integer.
+    @field_validator(*_INTS, mode="before")
+    @classmethod
+    def _int_is_a_json_number(cls, value: object) -> object:
+        return _json_number(value, "int")
+
+    @field_validator(*_FLOATS, mode="before")
+    @classmethod
+    def _float_is_a_json_number(cls, value: object) -> object:
+        return _json_number(value, "float")
 
 
 class JobResult(BaseModel):

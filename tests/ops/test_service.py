@@ -218,6 +218,206 @@ def test_confine_accepts_either_spelling_of_a_root(tmp_path: Path) -> None:
     assert info.value.status == 403
 
 
+# --- references inside an adapter (base model, training data) ------------------------------
+
+
+def _model(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text("{}")
+    return directory
+
+
+def _adapter_naming(models: Path, name: str, **files: dict[str, Any]) -> str:
+    """An adapter under ``models`` whose files hold ``files`` (file name -> JSON object)."""
+    adapter = models / name
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    for file_name, content in files.items():
+        (adapter / file_name).write_text(json.dumps(content))
+    return name
+
+
+def _submitted(url: str, auth: dict[str, str]) -> float:
+    text = httpx.get(f"{url}/metrics", headers=auth).text
+    return next(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "qlgate_service_jobs_submitted_total"
+    )
+
+
+@pytest.mark.parametrize(
+    ("form", "reason"),
+    [
+        ("absolute", "is outside the configured roots"),
+        ("dotdot", "climbs with '..'"),
+        ("symlink", "resolves outside the configured roots"),
+        ("hub_id", "is not a directory (or local copy of a hub id) under the model roots"),
+        ("home", "is outside the configured roots"),
+        ("missing_in_root", "is not a directory under the model roots"),
+    ],
+)
+def test_adapter_config_base_model_outside_the_roots_is_refused(
+    service: str, auth: dict[str, str], service_dirs: Any, form: str, reason: str
+) -> None:
+    """base_model_name_or_path in adapter_config.json naming a model outside --model-root (absolute
+    path, '..', a symlink out, a hub id with no copy under a root, '~') is refused with 403 and
+    the reason, before any job is queued."""
+    models = service_dirs.model_root
+    outside_base = _model(service_dirs.outside.parent / "base")
+    (models / "linked-base").symlink_to(outside_base)
+    names = {
+        "absolute": str(outside_base),
+        "dotdot": "../outside/base",
+        "symlink": "linked-base",
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "home": "~/no-such-model-qlgate",
+        "missing_in_root": str(models / "no-such-model"),
+    }
+    config = {"base_model_name_or_path": names[form]}
+    adapter = _adapter_naming(models, "cand", **{"adapter_config.json": config})
+    r = _post(service, {"model_path": adapter, "golden_set_id": "support"}, auth)
+    assert r.status_code == 403, r.text
+    detail = r.json()["detail"]
+    assert "adapter_config.json base_model_name_or_path" in detail and reason in detail, detail
+    assert _submitted(service, auth) == 0
+
+
+def test_provenance_base_model_outside_the_roots_is_refused(
+    service: str, auth: dict[str, str], service_dirs: Any
+) -> None:
+    """A provenance whose base_model spec and recorded path both lie outside the roots is
+    refused, naming both fields; adapter_config cannot rescue it (the gate reads provenance
+    first)."""
+    outside_base = _model(service_dirs.outside.parent / "base")
+    provenance = {"base_model": {"spec": str(outside_base), "path": str(outside_base)}}
+    adapter = _adapter_naming(
+        service_dirs.model_root, "cand", **{"qlgate-provenance.json": provenance}
+    )
+    r = _post(service, {"model_path": adapter, "golden_set_id": "support"}, auth)
+    assert r.status_code == 403, r.text
+    detail = r.json()["detail"]
+    assert "base_model.spec" in detail and "base_model.path" in detail
+
+
+def test_provenance_dataset_outside_the_roots_is_refused(
+    service: str, auth: dict[str, str], service_dirs: Any
+) -> None:
+    """Training data named by the provenance (read by the leakage check) outside the roots, as
+    an absolute path or by '..', is refused with the reason."""
+    for i, raw in enumerate((str(service_dirs.outside.parent), "../../outside")):
+        provenance = {"dataset": {"path": raw}}
+        adapter = _adapter_naming(
+            service_dirs.model_root, f"cand{i}", **{"qlgate-provenance.json": provenance}
+        )
+        r = _post(service, {"model_path": adapter, "golden_set_id": "support"}, auth)
+        assert r.status_code == 403, r.text
+        assert "dataset.path" in r.json()["detail"]
+
+
+def _dataset(directory: Path) -> Path:
+    (directory / "dataset").mkdir(parents=True)
+    (directory / "dataset" / "dataset_dict.json").write_text('{"splits": ["train"]}')
+    return directory
+
+
+def test_dataset_search_reaching_outside_the_roots_is_refused(
+    service: str, auth: dict[str, str], service_dirs: Any
+) -> None:
+    """A relative dataset.path the gate's search would find in a directory above the model root
+    is refused (the gate would read it); the same data under the root is accepted."""
+    models = service_dirs.model_root
+    _dataset(models.parent / "curated")  # above the root: the gate's upward search finds it
+    provenance = {"dataset": {"path": "curated"}}
+    adapter = _adapter_naming(models, "cand", **{"qlgate-provenance.json": provenance})
+    r = _post(service, {"model_path": adapter, "golden_set_id": "support"}, auth)
+    assert r.status_code == 403, r.text
+    assert "would read a dataset outside the model roots" in r.json()["detail"]
+    assert str(models.parent) not in r.json()["detail"]
+    _dataset(models / "cand" / "curated")  # beside the provenance: found first, inside
+    (models.parent / "curated" / "dataset" / "dataset_dict.json").unlink()
+    r = _post(service, {"model_path": adapter, "golden_set_id": "support"}, auth)
+    assert r.status_code == 200, r.text
+
+
+def test_base_model_under_a_root_is_passed_explicitly(
+    service: str, auth: dict[str, str], service_dirs: Any
+) -> None:
+    """A base model the adapter names inside a root (absolute, or a hub id with a local copy
+    under the root) is accepted and handed to the gate as an explicit --base-model; an adapter
+    naming none gets --base-model=embedded, so the gate never follows a reference itself."""
+    models = service_dirs.model_root
+    local_copy = _model(models / "someorg" / "base")
+    for i, name in enumerate((str(local_copy), "someorg/base")):
+        config = {"base_model_name_or_path": name}
+        adapter = _adapter_naming(models, f"cand{i}", **{"adapter_config.json": config})
+        r = _post(service, {"model_path": adapter, "golden_set_id": "support"}, auth)
+        assert r.status_code == 200, r.text
+        assert f"--base-model={local_copy.resolve()}" in r.json()["report"]["run"]["options"]
+    r = _post(service, {"model_path": "approve", "golden_set_id": "support"}, auth)
+    assert "--base-model=embedded" in r.json()["report"]["run"]["options"]
+
+
+def test_symlinked_file_inside_a_confined_directory_is_refused(
+    service: str, auth: dict[str, str], service_dirs: Any
+) -> None:
+    """A weights file in the adapter, a file in the golden set, or a file in an in-root base
+    model that links outside the roots makes the request a 403 naming the entry."""
+    secret = service_dirs.outside / "secret.bin"
+    secret.write_bytes(b"x")
+    models = service_dirs.model_root
+    adapter = _adapter_naming(models, "weights")
+    (models / "weights" / "adapter_model.safetensors").symlink_to(secret)
+    r = _post(service, {"model_path": adapter, "golden_set_id": "support"}, auth)
+    assert r.status_code == 403 and "adapter_model.safetensors" in r.json()["detail"]
+
+    base = _model(models / "base-with-link")
+    (base / "sub").mkdir()
+    (base / "sub" / "model.safetensors").symlink_to(secret)
+    body = {"model_path": "approve", "golden_set_id": "support", "base_model": "base-with-link"}
+    r = _post(service, body, auth)
+    assert r.status_code == 403 and "model.safetensors" in r.json()["detail"]
+
+    (service_dirs.golden_root / "support" / "extra.jsonl").symlink_to(secret)
+    r = _post(service, {"model_path": "approve", "golden_set_id": "support"}, auth)
+    assert r.status_code == 403 and "extra.jsonl" in r.json()["detail"]
+    assert _submitted(service, auth) == 0
+
+
+def test_paths_are_confined_again_when_a_queued_job_starts(
+    start_service: Any, auth: dict[str, str], service_dirs: Any
+) -> None:
+    """A link planted in an adapter while its job waited fails the job when it starts, with
+    the reason, instead of running the gate on it."""
+    with start_service(job_timeout_s=1.0) as url:
+        slow = _post(url, {"model_path": "slow", "golden_set_id": "support"}, auth,
+                     **{"async": "true"})  # fmt: skip
+        queued = _post(url, {"model_path": "approve", "golden_set_id": "support"}, auth,
+                       **{"async": "true"})  # fmt: skip
+        assert slow.status_code == queued.status_code == 202
+        (service_dirs.model_root / "approve" / "tokenizer.json").symlink_to(service_dirs.outside)
+        final = _poll(url, queued.json()["job_id"], auth)
+    assert final["status"] == "failed", final
+    assert "refused when the job started" in final["message"]
+    assert "tokenizer.json" in final["message"]
+
+
+def test_boolean_batch_size_is_422_not_one(service: str, auth: dict[str, str]) -> None:
+    """JSON true for batch_size is refused and names the field (pydantic's lax mode read it as 1);
+    a JSON integer for a float field is still a number."""
+    body = {"model_path": "approve", "golden_set_id": "support", "batch_size": True}
+    r = _post(service, body, auth)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "batch_size"]
+    assert r.json()["detail"][0]["type"] == "int_type"
+    assert "not a JSON boolean" in r.json()["detail"][0]["msg"]
+    ok = {"model_path": "approve", "golden_set_id": "support", "threshold": 0, "batch_size": 4}
+    r = _post(service, ok, auth)
+    assert r.status_code == 200, r.text
+    assert "--gate-batch-size=4" in r.json()["report"]["run"]["options"]
+
+
 # --- malformed requests --------------------------------------------------------------------
 
 
@@ -231,6 +431,12 @@ def test_confine_accepts_either_spelling_of_a_root(tmp_path: Path) -> None:
         {"model_path": "approve", "golden_set_id": "support", "seed": -1},
         {"model_path": "approve", "golden_set_id": "support", "dtype": "int4"},
         {"model_path": "approve", "golden_set_id": "support", "engine": "hf; rm -rf /"},
+        {"model_path": "approve", "golden_set_id": "support", "batch_size": True},
+        {"model_path": "approve", "golden_set_id": "support", "batch_size": 8.5},
+        {"model_path": "approve", "golden_set_id": "support", "batch_size": "8"},
+        {"model_path": "approve", "golden_set_id": "support", "seed": False},
+        {"model_path": "approve", "golden_set_id": "support", "threshold": True},
+        {"model_path": "approve", "golden_set_id": "support", "threshold": "0.1"},
         {"model_path": "", "golden_set_id": "support"},
         ["not", "an", "object"],
     ],
@@ -326,13 +532,33 @@ def test_metrics_count_requests_and_jobs(service: str, auth: dict[str, str]) -> 
     assert samples[key] == 1
 
 
-def test_openapi_documents_verdicts_and_bearer_auth(service: str) -> None:
+def test_openapi_documents_verdicts_and_bearer_auth(service: str, auth: dict[str, str]) -> None:
     """The OpenAPI schema lists the verdict statuses and declares bearer authentication."""
-    schema = httpx.get(f"{service}/openapi.json").json()
+    schema = httpx.get(f"{service}/openapi.json", headers=auth).json()
     responses = schema["paths"]["/evaluate"]["post"]["responses"]
     assert {"200", "202", "401", "404", "409", "422", "503"} <= set(responses)
     schemes = schema["components"]["securitySchemes"]
     assert any(s.get("scheme", "").lower() == "bearer" for s in schemes.values())
+
+
+def test_schema_needs_the_token_and_docs_pages_are_off(service: str, auth: dict[str, str]) -> None:
+    """By default /openapi.json answers 401 without the token, and /docs and /redoc do not exist
+    (a browser page could not send the token to fetch the schema)."""
+    r = httpx.get(f"{service}/openapi.json")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    for page in ("/docs", "/redoc"):
+        assert httpx.get(f"{service}{page}").status_code == 404
+        assert httpx.get(f"{service}{page}", headers=auth).status_code == 404
+
+
+def test_public_docs_serve_schema_and_pages_without_token(start_service: Any) -> None:
+    """With public_docs the schema and both docs pages are served to anyone, on purpose."""
+    with start_service(public_docs=True) as url:
+        assert "/evaluate" in httpx.get(f"{url}/openapi.json").json()["paths"]
+        for page in ("/docs", "/redoc"):
+            r = httpx.get(f"{url}{page}")
+            assert r.status_code == 200 and "/openapi.json" in r.text
+        assert httpx.post(f"{url}/evaluate", json={}).status_code == 401
 
 
 # --- pure pieces -----------------------------------------------------------------------------
@@ -387,7 +613,8 @@ def test_serve_starts_and_answers(service_dirs: Any, unused_port: int) -> None:
     env = {**os.environ, "QLGATE_TOKEN": "s" * 32}
     args = ["--port", str(unused_port), "--devices", "cpu", "--log-level", "warning",
             "--golden-root", str(service_dirs.golden_root),
-            "--model-root", str(service_dirs.model_root)]  # fmt: skip
+            "--model-root", str(service_dirs.model_root),
+            "--state-dir", str(service_dirs.model_root.parent / "state")]  # fmt: skip
     proc = _serve(args, env)
     try:
         url = f"http://127.0.0.1:{unused_port}"

@@ -127,6 +127,10 @@ def real_gate(tmp_path_factory: pytest.TempPathFactory) -> RealGate:
     ]
     defaults = {"system": SYSTEM_PROMPT, "labels": list(LABELS), "tags": ["core"]}
     (golden / "cases.yaml").write_text(yaml.safe_dump({"defaults": defaults, "cases": cases}))
+    # The gate refuses an unlocked golden set; a team commits the lock beside its cases.
+    from qlgate_pytest.__main__ import main as qlgate_main
+
+    assert qlgate_main(["lock-golden", "--golden", str(golden)]) == 0
     return RealGate(root / "golden-root", models, base, trained, zero)
 
 
@@ -144,7 +148,9 @@ def test_real_gate_approves_a_better_adapter_and_rejects_a_no_op(
         "job_timeout_s": 600.0,
     }
     with start_service(runner=PytestGateRunner(), **overrides) as url:
-        body = {"golden_set_id": "support", "base_model": "base"}
+        # The fixture's adapters carry no provenance (no training data to check for leakage),
+        # so the request accepts that, as a user would; the report says leakage was unchecked.
+        body = {"golden_set_id": "support", "base_model": "base", "allow_unchecked_leakage": True}
         good = httpx.post(f"{url}/evaluate", json={**body, "model_path": "trained"},
                           headers=auth, timeout=660)  # fmt: skip
         noop = httpx.post(f"{url}/evaluate", json={**body, "model_path": "zero"},
@@ -154,6 +160,7 @@ def test_real_gate_approves_a_better_adapter_and_rejects_a_no_op(
     assert approved["pass"] is True and approved["report"]["delta"]["ci_low"] > 0
     assert approved["f1_score"] == approved["report"]["metrics"]["candidate"]["macro_f1"]
     assert approved["report"]["run"]["candidate"] == str(real_gate.trained)
+    assert approved["report"]["preflight"]["leakage"].startswith("unchecked (allowed by")
 
     assert noop.status_code == 409, noop.json()["message"]
     rejected = noop.json()

@@ -19,9 +19,9 @@ EXAMPLES = 40
 
 
 @pytest.fixture
-def api_schema(service: str) -> Any:
-    """The live service's schema, fetched over HTTP as any client would."""
-    return schemathesis.openapi.from_url(f"{service}/openapi.json")
+def api_schema(service: str, auth: dict[str, str]) -> Any:
+    """The live service's schema, fetched over HTTP with the token as any client would."""
+    return schemathesis.openapi.from_url(f"{service}/openapi.json", headers=auth)
 
 
 def _operations(api_schema: Any) -> list[Any]:
