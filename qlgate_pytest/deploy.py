@@ -1,10 +1,13 @@
 """Deployment config for approved adapters: a ``vllm serve`` command line (or its YAML config)
 made only from gate reports that passed and whose adapters are still the files that were gated.
 
-A report is refused when it did not pass, when it does not record its adapter's weights hash (an
+A report is refused when it did not pass, when it does not record its adapter's identity (an
 adapter that cannot be re-identified cannot be shown to be the approved one), when the adapter's
-files now hash differently (retrained or replaced since the gate: stale), or when reports for one
-server disagree on the base model. Multi-LoRA sizing comes from the adapters themselves:
+files now differ (retrained, reconfigured or replaced since the gate: stale; the refusal names
+the files), or when reports for one server disagree on the base model. The identity is
+``training/adapter_identity.py``'s: ``adapter_config.json`` and every other file an engine reads,
+recorded the same for every engine under ``run.adapters.candidate`` (``adapter_record.py``).
+Multi-LoRA sizing comes from the adapters themselves:
 ``--max-loras`` is the number of adapters, ``--max-lora-rank`` the smallest vLLM rank that fits
 the largest adapter rank.
 """
@@ -20,6 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from qlgate_pytest.errors import ReportError
+from training.adapter_identity import (
+    SCHEME,
+    AdapterIdentity,
+    AdapterIdentityError,
+    adapter_identity,
+)
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # vLLM worker extension that loads qlgate's verified CPU LoRA fix (engines/vllm_patch.py); named
@@ -39,7 +48,7 @@ class ApprovedAdapter:
     name: str
     path: Path
     rank: int
-    weights_sha256: str
+    sha256: str  # training.adapter_identity: config, weights and every file an engine reads
     report: Path
     base_model: str
 
@@ -89,7 +98,7 @@ class ServeConfig:
             lines.append(f"port: {self.port}")
         if self.worker_extension is not None:
             lines.append(f"worker-extension-cls: {json.dumps(self.worker_extension)}")
-        lines += [f"# {a.name}: {a.weights_sha256} approved by {a.report}" for a in self.adapters]
+        lines += [f"# {a.name}: {a.sha256} approved by {a.report}" for a in self.adapters]
         return "\n".join(lines) + "\n"
 
 
@@ -101,21 +110,25 @@ def lora_rank_for(rank: int) -> int:
     raise DeployRefused(f"LoRA rank {rank} exceeds vLLM's largest --max-lora-rank {VLLM_RANKS[-1]}")
 
 
-def recorded_adapter(report: Mapping[str, Any]) -> tuple[Path, str | None]:
-    """The candidate adapter's path and its weights hash as the report recorded them.
+def recorded_adapter(report: Mapping[str, Any]) -> tuple[Path, AdapterIdentity | None]:
+    """The candidate adapter's path and identity as the report recorded them
+    (``run.adapters.candidate``); the path falls back to ``run.candidate``.
 
-    Looked up in ``run.adapters.candidate`` (path, weights_sha256), then in the engine's identity
-    (``run.engine.adapter_sha256.candidate``); the path falls back to ``run.candidate``.
+    A record with ``error`` (the adapter changed during the run, or could not be identified)
+    or without a ``sha256`` (a report of an older qlgate that hashed the weights only) gives
+    no identity: nothing vouches for its files.
     """
     run = report.get("run") or {}
     entry = (run.get("adapters") or {}).get("candidate") or {}
     path = entry.get("path") or run.get("candidate")
-    sha = entry.get("weights_sha256") or (
-        (run.get("engine") or {}).get("adapter_sha256") or {}
-    ).get("candidate")
     if not isinstance(path, str) or not path:
         raise DeployRefused("field 'run.candidate': the report names no candidate adapter")
-    return Path(path), sha if isinstance(sha, str) and sha else None
+    if not isinstance(entry, Mapping) or entry.get("error") or not entry.get("sha256"):
+        return Path(path), None
+    try:
+        return Path(path), AdapterIdentity.from_json(entry)
+    except AdapterIdentityError as exc:
+        raise DeployRefused(f"field 'run.adapters.candidate': {exc}") from None
 
 
 def recorded_base(report: Mapping[str, Any]) -> str | None:
@@ -129,7 +142,6 @@ def recorded_base(report: Mapping[str, Any]) -> str | None:
 
 def approve(report_path: Path, report: Mapping[str, Any], name: str | None) -> ApprovedAdapter:
     """The adapter ``report`` approves, or :class:`DeployRefused` saying why not."""
-    from qlgate_pytest.gen_cache import weights_hash
     from qlgate_pytest.preflight import inspect_adapter
 
     where = str(report_path)
@@ -139,22 +151,39 @@ def approve(report_path: Path, report: Mapping[str, Any], name: str | None) -> A
             f"{where}: the gate did not pass ({reasons}); a failing report "
             "cannot approve a deployment"
         )
-    path, recorded = recorded_adapter(report)
+    try:
+        path, recorded = recorded_adapter(report)
+    except DeployRefused as exc:
+        raise DeployRefused(f"{where}: {exc}") from None
     if recorded is None:
+        entry = ((report.get("run") or {}).get("adapters") or {}).get("candidate") or {}
+        why = entry.get("error") if isinstance(entry, Mapping) else None
         raise DeployRefused(
-            f"{where}: field 'run.adapters.candidate.weights_sha256' is missing: the report does "
-            f"not record which weights it approved, so {path} cannot be shown to be them; re-run "
-            "the gate with a qlgate that records adapter hashes"
+            f"{where}: field 'run.adapters.candidate.sha256' is missing"
+            + (f" ({why})" if why else "")
+            + f": the report does not record which adapter files it approved, so {path} "
+            "cannot be shown to be them; re-run the gate with a qlgate that records them"
         )
     if not (path / "adapter_config.json").is_file():
         raise DeployRefused(
             f"{where}: the approved adapter {path} is gone (no adapter_config.json)"
         )
-    current = weights_hash(path)
-    if current != recorded:
+    if recorded.scheme != SCHEME:
         raise DeployRefused(
-            f"{where}: stale report: {path} now has weights {current[:12]}..., the gate approved "
-            f"{recorded[:12]}...; the adapter changed after the gate: gate it again"
+            f"{where}: the report's adapter identity is of scheme {recorded.scheme}, this qlgate "
+            f"computes scheme {SCHEME}: they cannot be compared; gate it again"
+        )
+    try:
+        current = adapter_identity(path)
+    except AdapterIdentityError as exc:
+        raise DeployRefused(f"{where}: cannot identify {path}: {exc}") from None
+    if current.sha256 != recorded.sha256:
+        changed = recorded.changes(current) or ["the identity itself"]
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise DeployRefused(
+            f"{where}: stale report: {path} changed after the gate: {', '.join(changed[:5])}"
+            f"{more} (approved {recorded.sha256[:12]}..., now {current.sha256[:12]}...); "
+            "gate it again"
         )
     label = name or path.name
     if not _NAME.match(label):
@@ -163,7 +192,7 @@ def approve(report_path: Path, report: Mapping[str, Any], name: str | None) -> A
     if base is None:
         raise DeployRefused(f"{where}: field 'run.base_model' is missing; pass --base-model")
     return ApprovedAdapter(
-        label, path.resolve(), inspect_adapter(path).rank, recorded, report_path, base
+        label, path.resolve(), inspect_adapter(path).rank, recorded.sha256, report_path, base
     )
 
 

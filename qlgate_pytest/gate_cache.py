@@ -2,10 +2,11 @@
 ``.qlgate_cache/gen/`` (``gen_cache.py``) between the driver and the engine.
 
 Everything a key needs is known before the engine is loaded: content hashes of the base weights,
-each role's adapter weights and the tokenizer + chat template, the engine's name, factory and
-library versions, and the decoding settings. That is what lets a fully cached run skip loading
-the model (``lazy_engine.py``). The cache never fails a gate: if an identity cannot be computed,
-the run proceeds uncached and the report says why.
+each role's adapter identity (``adapter_config.json``, weights and every other file an engine
+reads: ``training/adapter_identity.py``) and the tokenizer + chat template, the engine's name,
+factory and library versions, and the decoding settings. That is what lets a fully cached run
+skip loading the model (``lazy_engine.py``). The cache never fails a gate: if an identity cannot
+be computed, the run proceeds uncached and the report says why.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import pytest
 
 from qlgate_pytest.gen_cache import (
     DEFAULT_ROOT,
+    NO_ADAPTER,
     DriverCache,
     GenCache,
     ModelIdentity,
+    adapter_hash,
     tokenizer_template_hash,
     weights_hash,
 )
@@ -118,7 +121,7 @@ def build_cache(
     identities: dict[str, ModelIdentity] = {
         role: ModelIdentity(
             base_hash,
-            weights_hash(adapter) if adapter is not None else "none",
+            adapter_hash(adapter).sha256 if adapter is not None else NO_ADAPTER,
             _tokenizer_identity(base, adapter),
         )
         for role, adapter in engine_config.adapters.items()

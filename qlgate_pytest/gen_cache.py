@@ -1,10 +1,11 @@
 """Content-addressed cache of generations under ``.qlgate_cache/gen/``.
 
 A cached answer is reused only when everything that could change it is identical: base weights,
-adapter weights (or none, for the baseline), tokenizer and chat template, the prompt, the mode and
-labels, the sampling parameters, and the engine with its version. Identities are content hashes,
-never paths, so retraining into the same adapter directory misses the cache instead of serving
-the old adapter's answers.
+the adapter's identity (config, weights and every other file an engine reads; or none, for the
+baseline), tokenizer and chat template, the prompt, the mode and labels, the sampling parameters,
+and the engine with its version. Identities are content hashes, never paths, so retraining into
+the same adapter directory, or editing only its ``adapter_config.json``, misses the cache
+instead of serving the old adapter's answers.
 
 Entries are one JSON file each, written to a temp file and moved into place with ``os.replace``,
 so concurrent pytest-xdist workers never see half an entry; two workers writing one key write the
@@ -24,8 +25,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from training.adapter_identity import AdapterIdentity, adapter_identity, identity_files
 from training.fingerprint import (
     TOKENIZER_FILES,
     WEIGHT_SUFFIXES,
@@ -49,7 +51,8 @@ NO_ADAPTER = "none"
 # (milliseconds), so two writes in quick succession can leave the same state: as git does for
 # "racy" index entries, a directory with a file younger than _SETTLED_S is never memoised.
 _SETTLED_S = 2.0
-_memo: dict[tuple[str, str, tuple[tuple[str, int, int, int, int], ...]], str] = {}
+_memo: dict[tuple[str, str, tuple[tuple[str, int, int, int, int], ...]], Any] = {}
+_T = TypeVar("_T")
 
 
 def _state(directory: Path, names: Sequence[str]) -> tuple[tuple[str, int, int, int, int], ...]:
@@ -61,12 +64,13 @@ def _state(directory: Path, names: Sequence[str]) -> tuple[tuple[str, int, int, 
 
 
 def _memoised(
-    kind: str, directory: Path, names: Sequence[str], compute: Callable[[Path], str]
-) -> str:
+    kind: str, directory: Path, names: Sequence[str], compute: Callable[[Path], _T]
+) -> _T:
     state = _state(directory, names)
     key = (kind, str(directory.resolve()), state)
     if key in _memo:
-        return _memo[key]
+        value: _T = _memo[key]
+        return value
     value = compute(directory)
     newest = max((max(row[3], row[4]) for row in state), default=0)
     # Also unchanged while we hashed: otherwise the value may mix two versions of a file.
@@ -76,9 +80,17 @@ def _memoised(
 
 
 def weights_hash(model_dir: Path) -> str:
-    """``training.fingerprint.weights_sha256`` of a model or adapter directory, memoised."""
+    """``training.fingerprint.weights_sha256`` of a model directory, memoised (an adapter's
+    identity is :func:`adapter_hash`: its config changes the computation as much as weights)."""
     names = [p.name for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     return _memoised("weights", model_dir, names, weights_sha256)
+
+
+def adapter_hash(adapter_dir: Path) -> AdapterIdentity:
+    """``training.adapter_identity.adapter_identity`` of an adapter directory, memoised: every
+    file that changes what an engine computes (config, weights, tokenizer, template, unknown
+    files), so an edited ``adapter_config.json`` is a different adapter to the cache."""
+    return _memoised("adapter", adapter_dir, identity_files(adapter_dir), adapter_identity)
 
 
 def tokenizer_template_hash(tokenizer_dir: Path) -> str:
@@ -100,12 +112,12 @@ class ModelIdentity:
     """What the model side of a cache key is made of: content hashes only."""
 
     base: str
-    adapter: str  # NO_ADAPTER for the baseline
+    adapter: str  # AdapterIdentity.sha256; NO_ADAPTER for the baseline
     tokenizer: str
 
     @classmethod
     def of(cls, base_dir: Path, adapter_dir: Path | None, tokenizer_dir: Path) -> ModelIdentity:
-        adapter = weights_hash(adapter_dir) if adapter_dir is not None else NO_ADAPTER
+        adapter = adapter_hash(adapter_dir).sha256 if adapter_dir is not None else NO_ADAPTER
         return cls(weights_hash(base_dir), adapter, tokenizer_template_hash(tokenizer_dir))
 
 

@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from qlgate_pytest.adapter_record import engine_adapter_sha256
 from qlgate_pytest.engines import hf_loading as loading
 from qlgate_pytest.engines.base import (
     EngineConfig,
@@ -93,6 +94,9 @@ class HFEngine:
         self._prompts = Prompts(tokenizer, self.eos_ids)
         base.to(self.device)
         base.eval()
+        # The identity of the files as loaded (config and weights): describe() reports it, and
+        # the report refuses to vouch for files that changed after this point.
+        self.adapter_sha256 = engine_adapter_sha256(config.adapters)
         attached = loading.attach_adapters(base, config)
         self.model: Any = attached.model
         self._adapter_names = attached.adapter_names
@@ -118,6 +122,7 @@ class HFEngine:
             "engine": self.name,
             "base_model": str(self._config.base_model),
             "adapters": {r: (str(p) if p else None) for r, p in self._config.adapters.items()},
+            "adapter_sha256": dict(self.adapter_sha256),
             "device": self.device,
             "dtype": self.dtype_name,
             "batch_size": self.batch_size,

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from qlgate_pytest.adapter_record import engine_adapter_sha256
 from qlgate_pytest.engines.base import (
     EngineConfig,
     GenerateRequest,
@@ -143,6 +144,9 @@ class OpenAIEngine:
             raise EngineError("the openai engine needs httpx: pip install httpx") from exc
         self._config = config
         self.settings = EndpointSettings.from_extra(config.extra)
+        # An endpoint serves what it serves (no local files, usually no adapters); a config that
+        # names adapter directories still records their identity, as every engine does.
+        self.adapter_sha256 = engine_adapter_sha256(config.adapters)
         headers = {"Content-Type": "application/json"}
         key = api_key()
         if key:
@@ -169,6 +173,7 @@ class OpenAIEngine:
             "engine": self.name,
             "endpoint": self.settings.api_base,
             "models": dict(self.models),
+            "adapter_sha256": dict(self.adapter_sha256),
             "decoding": "greedy",
             "seed": self._config.seed,
             "rank_method": self.rank_method,

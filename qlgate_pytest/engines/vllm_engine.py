@@ -34,6 +34,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from qlgate_pytest.adapter_record import engine_adapter_sha256
 from qlgate_pytest.engines.base import (
     ROLES,
     EngineConfig,
@@ -111,6 +112,8 @@ class VLLMEngine:
         for path in adapters.values():
             check_adapter_dir(path)
             ranks.append(inspect_adapter(path).rank)
+        # The identity of the files as loaded (config and weights), for describe() and the report.
+        self.adapter_sha256 = engine_adapter_sha256(adapters)
         try:
             import vllm
             from vllm.lora.request import LoRARequest
@@ -190,14 +193,12 @@ class VLLMEngine:
         import torch
         import transformers
 
-        from qlgate_pytest.gen_cache import weights_hash
-
         adapters = self._config.adapters
         return {
             "engine": self.name,
             "base_model": str(self._config.base_model),
             "adapters": {r: (str(p) if p else None) for r, p in adapters.items()},
-            "adapter_sha256": {r: weights_hash(p) for r, p in adapters.items() if p is not None},
+            "adapter_sha256": dict(self.adapter_sha256),
             "device": "cpu" if self.is_cpu else "cuda",
             "dtype": self.dtype,
             "seed": self._config.seed,

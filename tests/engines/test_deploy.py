@@ -21,6 +21,7 @@ from safetensors.numpy import save_file
 
 from qlgate_pytest import __main__ as cli
 from qlgate_pytest import deploy_cli
+from qlgate_pytest.adapter_record import adapter_record
 from qlgate_pytest.deploy import (
     CPU_LORA_FIX,
     DeployRefused,
@@ -29,7 +30,6 @@ from qlgate_pytest.deploy import (
     serve_config,
 )
 from qlgate_pytest.gate import CaseResult, RoleResult, Selection, Thresholds, decide
-from qlgate_pytest.gen_cache import weights_hash
 from qlgate_pytest.report import build_report, load_report, write_json_atomic
 
 LABELS = ("account", "billing", "returns", "shipping")
@@ -67,9 +67,7 @@ def make_report(
                                 _role(label, cand_ok), _role(label, base_ok)))  # fmt: skip
     verdict = decide(cases, Thresholds(resamples=300), Selection(40, 40))
     assert verdict.passed is passing, verdict.reasons
-    entry: dict[str, Any] = {"path": str(adapter)}
-    if record_hash:
-        entry["weights_sha256"] = weights_hash(adapter)
+    entry: dict[str, Any] = adapter_record(adapter) if record_hash else {"path": str(adapter)}
     meta = {"golden_sha256": "ab" * 32, "candidate": str(adapter), "adapters": {"candidate": entry},
             "base_model": {"spec": "embedded", "path": base, "reason": "test"}}  # fmt: skip
     path = tmp / f"report-{adapter.name}.json"
@@ -110,11 +108,65 @@ def test_adapter_changed_after_the_gate_is_stale(tmp_path: Path) -> None:
 
 
 def test_report_without_adapter_hash_is_refused(tmp_path: Path) -> None:
-    """A report that does not record the approved weights cannot vouch for any files."""
+    """A report that does not record the approved identity cannot vouch for any files."""
     adapter = make_adapter(tmp_path / "a")
     report = make_report(tmp_path, adapter, record_hash=False)
-    with pytest.raises(DeployRefused, match="weights_sha256"):
+    with pytest.raises(DeployRefused, match=r"run\.adapters\.candidate\.sha256' is missing"):
         approve(report, load_report(report), None)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [{"r": 4}, {"lora_alpha": -32}, {"lora_alpha": 3200}, {"use_rslora": True},
+     {"layers_to_transform": [0]}, {"target_modules": []}],
+    ids=["r", "alpha-32", "alpha3200", "rslora", "layers", "targets"],
+)  # fmt: skip
+def test_config_only_edit_after_the_gate_is_stale(tmp_path: Path, edit: dict[str, Any]) -> None:
+    """Editing only adapter_config.json (weights untouched) makes the report stale; the refusal
+    names the file that changed."""
+    adapter = make_adapter(tmp_path / "a")
+    report = make_report(tmp_path, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(DeployRefused, match=r"stale report.*adapter_config\.json \(changed\)"):
+        approve(report, load_report(report), None)
+
+
+def test_added_weight_file_is_stale_and_a_model_card_edit_is_not(tmp_path: Path) -> None:
+    """An extra safetensors file after the gate is refused by name; peft's README and qlgate's
+    provenance (read by no server) may change."""
+    adapter = make_adapter(tmp_path / "a")
+    report = make_report(tmp_path, adapter)
+    (adapter / "README.md").write_text("# card, edited after the gate\n")
+    (adapter / "qlgate-provenance.json").write_text("{}")
+    assert approve(report, load_report(report), None).path == adapter.resolve()
+    save_file({"x": np.zeros(2, np.float32)}, str(adapter / "more.safetensors"))
+    with pytest.raises(DeployRefused, match=r"more\.safetensors \(added\)"):
+        approve(report, load_report(report), None)
+
+
+def test_report_of_weights_only_hash_is_refused(tmp_path: Path) -> None:
+    """A report recording only the old weights hash cannot vouch for the config: refused."""
+    from training.fingerprint import weights_sha256
+
+    adapter = make_adapter(tmp_path / "a")
+    report = make_report(tmp_path, adapter, record_hash=False)
+    data = load_report(report)
+    data["run"]["adapters"]["candidate"]["weights_sha256"] = weights_sha256(adapter)
+    data["run"]["engine"] = {"adapter_sha256": {"candidate": weights_sha256(adapter)}}
+    with pytest.raises(DeployRefused, match="does not record which adapter files"):
+        approve(report, data, None)
+
+
+def test_report_of_an_adapter_changed_during_the_run_is_refused(tmp_path: Path) -> None:
+    """A record that says the files changed under the engine carries no identity: refused, and
+    the refusal says why."""
+    adapter = make_adapter(tmp_path / "a")
+    report = make_report(tmp_path, adapter)
+    data = load_report(report)
+    data["run"]["adapters"]["candidate"] = adapter_record(adapter, loaded_sha256="0" * 64)
+    with pytest.raises(DeployRefused, match="changed during the gate run"):
+        approve(report, data, None)
 
 
 def test_multi_lora_sizes_from_every_adapter_and_checks_names_and_base(tmp_path: Path) -> None:

@@ -105,3 +105,48 @@ def test_no_gen_cache_clear_and_dir_switches(
     assert cleared["cache"]["cleared"] == REQUESTS
     assert cleared["cache"]["hits"] == 0 and cleared["cache"]["misses"] == REQUESTS
     assert cleared["engine_load"]["loaded"] is True
+
+
+# Config-only edits of an approved adapter (issue 20); the weights stay byte-identical.
+CONFIG_EDITS: dict[str, dict[str, Any]] = {
+    "r halved": {"r": 2},  # the tiny adapters are rank 4
+    "lora_alpha -32": {"lora_alpha": -32},
+    "lora_alpha 3200": {"lora_alpha": 3200},
+    "use_rslora": {"use_rslora": True},
+    "layers_to_transform": {"layers_to_transform": [0]},
+    "target_modules subset": {"target_modules": ["q_proj"]},
+}
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the config-edit runs: the unedited adapter's answers are computed once."""
+    return tmp_path_factory.mktemp("gen-cache")
+
+
+@pytest.mark.parametrize("edit", list(CONFIG_EDITS), ids=list(CONFIG_EDITS))
+def test_config_only_edit_misses_the_cache(
+    gate_project: pytest.Pytester, tiny_adapters: Adapters, shared_cache: Path, edit: str
+) -> None:
+    """Editing only adapter_config.json of a gated adapter is never answered from the cache:
+    every candidate request misses, and only the unchanged base-model baseline hits."""
+    adapter = gate_project.path / "adapter"
+    shutil.copytree(tiny_adapters.perturbed, adapter)
+    where = f"--gen-cache-dir={shared_cache}"
+    first = gate(gate_project, adapter, where)
+    assert first["cache"]["misses"] + first["cache"]["hits"] == REQUESTS
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, **CONFIG_EDITS[edit]}))
+    result = gate_project.runpytest(
+        f"--candidate={adapter}", "--gate-report=out/report.json", NON_INFERIOR, where
+    )
+    second = json.loads((gate_project.path / "out" / "report.json").read_text())
+    half = REQUESTS // 2
+    assert second["cache"]["hits"] == half, result.stdout.str()  # the baseline's, no more
+    assert second["cache"]["misses"] == half  # every candidate request
+    # ... went to the engine (r halved does not even load onto rank-4 tensors: an error, which
+    # is never cached, instead of the unedited adapter's answers)
+    assert sum(second["engine_load"]["engine_requests"].values()) > 0
+    identities = [r["run"]["adapters"]["candidate"]["sha256"] for r in (first, second)]
+    assert identities[0] != identities[1]

@@ -226,3 +226,27 @@ def test_concurrent_workers_never_see_half_an_entry(tmp_path: Path) -> None:
     assert cache.summary().entries == len(keys)
     assert all(cache.get(k) is not None for k in keys)
     assert not list((tmp_path / "gen").glob("*/*.tmp"))  # no temp files left behind
+
+
+def test_adapter_hash_is_memoised_and_sees_a_config_edit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memoised adapter identity re-reads the directory when only its config changed."""
+    import qlgate_pytest.gen_cache as gen_cache
+    from training.adapter_identity import adapter_identity
+
+    calls: list[Path] = []
+
+    def counting(directory: Path) -> Any:
+        calls.append(directory)
+        return adapter_identity(directory)
+
+    monkeypatch.setattr(gen_cache, "adapter_identity", counting)
+    adapter = tmp_path / "a"
+    _write_weights(adapter, 1.0)
+    (adapter / "adapter_config.json").write_text('{"r": 4, "lora_alpha": 8}')
+    monkeypatch.setattr(gen_cache, "_SETTLED_S", 0.0)
+    first = gen_cache.adapter_hash(adapter)
+    assert gen_cache.adapter_hash(adapter) == first and len(calls) == 1
+    (adapter / "adapter_config.json").write_text('{"r": 4, "lora_alpha": -8}')
+    assert gen_cache.adapter_hash(adapter).sha256 != first.sha256 and len(calls) == 2
