@@ -12,6 +12,7 @@ offending key (or the case's first line when the key is missing), not at the fil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -22,11 +23,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from qlgate_pytest import golden_lock
 from qlgate_pytest.errors import GoldenCaseError
+from qlgate_pytest.golden_tree import CASE_SUFFIXES as CASE_SUFFIXES  # re-exported: its old home
+from qlgate_pytest.golden_tree import TreeFile, scan
 from qlgate_pytest.scoring import validate_expected
 from training.fingerprint import sha256_json
 
-CASE_SUFFIXES = (".jsonl", ".yaml", ".yml")
 SCORERS = ("label", "exact", "contains", "absent", "regex", "json_schema")
 ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 TAG_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -309,25 +312,27 @@ def _first_problem(exc: ValidationError, raw: _RawCase) -> tuple[str | None, int
 
 
 def case_files(root: Path) -> list[Path]:
-    """Case files under ``root`` (or ``root`` itself), sorted; hidden directories skipped."""
-    if root.is_file():
-        return [root]
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix in CASE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    """Case files under ``root`` (or ``root`` itself), sorted; hidden directories skipped.
+
+    ``golden_tree`` decides, the same way for the golden-set lock, which names every other file.
+    """
+    return [f.path for f in scan(root) if f.kind == "cases"]
 
 
 @dataclass(frozen=True)
 class GoldenSet:
-    """Every case under a golden root, by file, with each broken file's error kept apart."""
+    """Every case under a golden root, by file, with each broken file's error kept apart.
+
+    ``errors`` holds a case file's parse error under its path and, when the set was checked
+    against a golden-set lock, the lock's problem under the lock's path: each becomes a reason
+    of a red verdict. ``notes`` are lines to print (a lock check turned off, skipped files).
+    """
 
     root: Path
     files: Mapping[Path, tuple[GoldenCase, ...]]
     errors: Mapping[Path, GoldenCaseError]
+    tree: tuple[TreeFile, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def cases(self) -> list[GoldenCase]:
@@ -345,13 +350,31 @@ class GoldenSet:
     def sha256(self) -> str:
         return golden_sha256(self.cases)
 
+    def current_lock(self) -> golden_lock.GoldenLock:
+        """The lock this set would have now: every file's content hash, each case's hash."""
+        sha256s = {f.rel: golden_lock.content_sha256(f.path.read_bytes()) for f in self.tree}
+        tables: dict[str, dict[str, str] | None] = {}
+        for f in self.tree:
+            if f.kind == "cases":
+                loaded = self.files.get(f.path)
+                tables[f.rel] = None if loaded is None else {c.id: case_sha256(c) for c in loaded}
+        return golden_lock.build_lock(self.tree, sha256s, tables, self.sha256)
 
-def load_golden_set(root: Path) -> GoldenSet:
-    """Load every case file; a file's parse error or a duplicate id is kept as that file's error."""
+
+def load_golden_set(
+    root: Path, *, lock: Path | None = None, allow_unlocked: bool = False
+) -> GoldenSet:
+    """Load every case file; a file's parse error or a duplicate id is kept as that file's error.
+
+    With ``lock`` (a golden-set lock file, see ``golden_lock``) the whole set is compared with
+    it and any difference, or a missing lock unless ``allow_unlocked``, is an error under the
+    lock's path. Without it nothing is compared (library use: leakage, benchmarks).
+    """
     files: dict[Path, tuple[GoldenCase, ...]] = {}
     errors: dict[Path, GoldenCaseError] = {}
     seen: dict[str, GoldenCase] = {}
-    for path in case_files(root):
+    tree = tuple(scan(root, exclude=[lock or golden_lock.lock_path_for(root)]))
+    for path in [f.path for f in tree if f.kind == "cases"]:
         try:
             cases = load_case_file(path)
         except GoldenCaseError as exc:
@@ -369,7 +392,20 @@ def load_golden_set(root: Path) -> GoldenSet:
             continue
         seen.update((c.id, c) for c in cases)
         files[path] = tuple(cases)
-    return GoldenSet(root, files, errors)
+    golden = GoldenSet(root, files, errors, tree)
+    if lock is None:
+        return golden
+    # A -k run is checked like a whole one: the lock is about the files, not the selection.
+    checked = golden_lock.check(
+        golden.current_lock(),
+        lock,
+        root=root,
+        allow_unlocked=allow_unlocked,
+        skipped=[f for f in tree if f.kind == "skipped"],
+    )
+    if checked.problem is not None:
+        errors[lock] = GoldenCaseError(lock, None, None, checked.problem)
+    return dataclasses.replace(golden, errors=errors, notes=checked.notes)
 
 
 def _first_duplicate(
@@ -391,6 +427,11 @@ def load_golden(path: Path) -> list[GoldenCase]:
     if golden.errors:
         raise next(iter(golden.errors.values()))
     return golden.cases
+
+
+def case_sha256(case: GoldenCase) -> str:
+    """Hash of one case's content, defaults merged in (what the golden-set lock records)."""
+    return sha256_json(case.model_dump(mode="json"))
 
 
 def golden_sha256(cases: Iterable[GoldenCase]) -> str:

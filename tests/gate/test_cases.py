@@ -269,3 +269,16 @@ def test_the_shipped_golden_set_loads() -> None:
     tags = {t for c in cases for t in c.tags}
     assert {"core", "hard_negative", "edge", "long", "critical"} <= tags
     assert all(c.must_pass for c in cases if "critical" in c.tags)
+
+
+def test_lock_problem_is_kept_under_the_lock_path(tmp_path: Path) -> None:
+    """Checked against a missing lock, the set keeps one error under the lock's path (a red
+    reason), apart from case files' errors; the opt-out turns it into a printed note."""
+    write(tmp_path, "a.yaml", YAML_WITH_DEFAULTS)
+    lock = tmp_path / "golden.lock"
+    golden = load_golden_set(tmp_path, lock=lock)
+    assert list(golden.errors) == [lock] and len(golden.cases) == 2
+    assert "no golden-set lock" in str(golden.errors[lock])
+    allowed = load_golden_set(tmp_path, lock=lock, allow_unlocked=True)
+    assert dict(allowed.errors) == {} and "lock check off" in allowed.notes[0]
+    assert dict(load_golden_set(tmp_path).errors) == {}  # library use: nothing compared
