@@ -1,10 +1,20 @@
 """The verdict: per-case outcomes of candidate and baseline in, PASS/FAIL with every reason out.
 
-Pure: no pytest, no engine. The rule (issue 5 item 5, issue 6 item 2) is that the gate is red
-whenever it cannot show the candidate is good: the lower bound of the paired bootstrap CI of
-the primary metric's gain must lie strictly above ``min_f1_gain``; every other check (latency
-budget, slice drops, must_pass cases, errors, partial selection, the "adapter was applied"
-canary) can only turn it red.
+Pure: no pytest, no engine. The rule (issue 5 item 5, issue 6 item 2, issue 20 item 7) is that
+the gate is red whenever it cannot show the candidate is good. Cases come in families
+(``gate_metrics``: ``label`` -> macro-F1, ``pass_rate`` -> pass rate of the other scorers), each
+with its own paired bootstrap interval and its own check:
+
+- the primary family (``label`` when present, else ``pass_rate``), check ``gain``: the CI lower
+  bound of candidate - baseline must lie strictly above ``min_f1_gain`` (shown better);
+- a ``pass_rate`` family beside label cases, check ``pass_rate``: the CI lower bound of the
+  pass-rate difference must lie strictly above ``-max_pass_rate_drop`` (shown not worse by more
+  than the margin). Demanding it be shown *better* too would make a set with a few generation
+  cases red for ever: a handful of cases cannot show a gain, but a regression still shows;
+- ``min_f1`` (drift mode) is a floor on every family's metric.
+
+Every other check (latency budget, slice drops, must_pass cases, errors, partial selection, the
+"adapter was applied" canary) can only turn it red.
 """
 
 from __future__ import annotations
@@ -18,12 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 from qlgate_pytest.gate_metrics import (
     _NO_DELTA,
+    FAMILY_METRIC,
+    METRIC_NAMES,
     _delta,
     _primary_metric,
-    _quality,
     _role,
     _slices,
+    describe_slice_metric,
+    families,
     role_metrics,
+    slice_quality,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +83,7 @@ class Thresholds:
 
     min_f1_gain: float = 0.0
     confidence: float = 0.95
+    max_pass_rate_drop: float = 0.05  # non-inferiority margin of a secondary pass_rate family
     max_p99_ms: float | None = None
     max_slice_drop: float | None = None
     min_f1: float | None = None  # absolute floor (drift mode; no baseline needed)
@@ -162,8 +177,8 @@ def _differs(a: RoleResult, b: RoleResult) -> bool:
 # --- the decision -------------------------------------------------------------------------
 
 
-def _label(primary: str) -> str:
-    return "macro-F1" if primary == "macro_f1" else "accuracy"
+def _label(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
 
 
 def _integrity(results: Sequence[CaseResult], t: Thresholds, sel: Selection) -> list[Check]:
@@ -195,6 +210,31 @@ def _integrity(results: Sequence[CaseResult], t: Thresholds, sel: Selection) -> 
     return checks
 
 
+def _gain_checks(primary: str, t: Thresholds, delta: Mapping[str, Any], level: str) -> list[Check]:
+    """One check per family with a paired interval: ``gain`` for the primary family, a
+    non-inferiority check named after each other family."""
+    checks = []
+    for fam, d in (delta.get("families") or {}).items():
+        name = _label(d["metric"])
+        low, high, gain = d["ci_low"], d["ci_high"], d["delta"]
+        if d["metric"] == primary:
+            ok = low > t.min_f1_gain
+            verb = "exceeds" if ok else "does not exceed"
+            detail = f"{name} gain {gain:.3f} ({level} CI {low:.3f}..{high:.3f}) {verb}"
+            checks.append(Check("gain", ok, f"{detail} the required {t.min_f1_gain:.3f}"))
+            continue
+        margin = t.max_pass_rate_drop
+        ok = low > -margin
+        verb = "within" if ok else "not within"
+        detail = (
+            f"{name} of the {d['n']} non-label case(s) changed {gain:+.3f} ({level} CI "
+            f"{low:+.3f}..{high:+.3f}): {verb} the allowed drop {margin:.3f} "
+            f"(CI lower bound must be above {-margin:+.3f})"
+        )
+        checks.append(Check(fam, ok, detail))
+    return checks
+
+
 def _comparison(
     valid: Sequence[CaseResult],
     paired: Sequence[CaseResult],
@@ -203,20 +243,14 @@ def _comparison(
     delta: Mapping[str, Any],
     candidate: Mapping[str, Any],
 ) -> list[Check]:
-    """Checks against the baseline and the absolute floor."""
-    name = _label(primary)
+    """Checks against the baseline (one per family) and the absolute floor (every family)."""
     checks: list[Check] = []
     unpaired = [c for c in valid if c.baseline is None]
     if paired and unpaired:
         detail = f"{len(unpaired)} case(s) have no baseline outcome: {_ids(unpaired)}"
         checks.append(Check("baseline", False, detail))
     if paired:
-        low, high, gain = delta["ci_low"], delta["ci_high"], delta["primary"]
-        ok = low > t.min_f1_gain
-        verb = "exceeds" if ok else "does not exceed"
-        level = f"{t.confidence * 100:g}%"
-        detail = f"{name} gain {gain:.3f} ({level} CI {low:.3f}..{high:.3f}) {verb} the required"
-        checks.append(Check("gain", ok, f"{detail} {t.min_f1_gain:.3f}"))
+        checks += _gain_checks(primary, t, delta, f"{t.confidence * 100:g}%")
         applied = any(_differs(_role(c, "candidate"), _role(c, "baseline")) for c in paired)
         detail = (
             "candidate outputs differ from the baseline's"
@@ -226,21 +260,38 @@ def _comparison(
         )
         checks.append(Check("canary", applied, detail))
     if t.min_f1 is not None:
-        value = candidate["primary"]
-        ok = value >= t.min_f1
-        verb = "meets" if ok else "is below"
-        detail = f"candidate {name} {value:.3f} {verb} the floor {t.min_f1:.3f}"
-        checks.append(Check("floor", ok, detail))
+        for fam in families(valid):
+            metric = FAMILY_METRIC[fam]
+            value = candidate[metric]
+            ok = value >= t.min_f1
+            verb = "meets" if ok else "is below"
+            detail = f"candidate {_label(metric)} {value:.3f} {verb} the floor {t.min_f1:.3f}"
+            checks.append(Check("floor" if metric == primary else f"floor_{fam}", ok, detail))
     elif not paired:
         detail = "no baseline outcomes and no min_f1 floor: nothing shows the candidate is good"
         checks.append(Check("baseline", False, detail))
     return checks
 
 
+def _slice_check(paired: Sequence[CaseResult], limit: float) -> Check:
+    """Each slice against its own metric (``gate_metrics.slice_shape``), the same for both
+    roles, so a drop is a drop in something that means something for that slice."""
+    drops = []
+    for tag, members in _slices(paired).items():
+        c, b = slice_quality(members, "candidate"), slice_quality(members, "baseline")
+        if b["value"] - c["value"] > limit:
+            name = describe_slice_metric(c["metric"], c["label"])
+            drops.append(
+                f"slice {tag!r} {name} dropped {b['value'] - c['value']:.3f} "
+                f"({b['value']:.3f} -> {c['value']:.3f}), more than the allowed {limit:.3f}"
+            )
+    detail = "; ".join(drops) or f"no slice dropped more than {limit:.3f}"
+    return Check("slices", not drops, detail)
+
+
 def _budgets(
     valid: Sequence[CaseResult],
     paired: Sequence[CaseResult],
-    primary: str,
     t: Thresholds,
     candidate: Mapping[str, Any],
 ) -> list[Check]:
@@ -256,18 +307,7 @@ def _budgets(
         if not paired:
             checks.append(Check("slices", None, "slice drops not checked: no baseline"))
         else:
-            drops = []
-            for tag, members in _slices(paired).items():
-                c = _quality(members, "candidate", primary)["primary"]
-                b = _quality(members, "baseline", primary)["primary"]
-                if b - c > t.max_slice_drop:
-                    name = _label(primary)
-                    drops.append(
-                        f"slice {tag!r} {name} dropped {b - c:.3f} ({b:.3f} -> {c:.3f}), "
-                        f"more than the allowed {t.max_slice_drop:.3f}"
-                    )
-            detail = "; ".join(drops) or f"no slice dropped more than {t.max_slice_drop:.3f}"
-            checks.append(Check("slices", not drops, detail))
+            checks.append(_slice_check(paired, t.max_slice_drop))
     critical = [c for c in valid if c.must_pass]
     missed = [c for c in critical if not _role(c, "candidate").correct]
     if critical:
@@ -291,6 +331,7 @@ def decide(results: Sequence[CaseResult], thresholds: Thresholds, selection: Sel
         "total": selection.total,
         "partial": partial,
         "primary_metric": None,
+        "families": {},
         "candidate": None,
         "baseline": None,
     }
@@ -305,7 +346,8 @@ def decide(results: Sequence[CaseResult], thresholds: Thresholds, selection: Sel
     paired = [r for r in valid if r.baseline is not None]
     checks = _integrity(results, t, selection)
     primary = _primary_metric(valid)
-    metrics = {**base_metrics, "primary_metric": primary}
+    present = {fam: len(members) for fam, members in families(valid).items()}
+    metrics = {**base_metrics, "primary_metric": primary, "families": present}
     delta: Mapping[str, Any] = dict(_NO_DELTA)
     if valid:
         metrics["candidate"] = role_metrics(valid, "candidate", primary)
@@ -313,7 +355,7 @@ def decide(results: Sequence[CaseResult], thresholds: Thresholds, selection: Sel
             metrics["baseline"] = role_metrics(paired, "baseline", primary)
             delta = _delta(paired, primary, t)
         checks += _comparison(valid, paired, primary, t, delta, metrics["candidate"])
-        checks += _budgets(valid, paired, primary, t, metrics["candidate"])
+        checks += _budgets(valid, paired, t, metrics["candidate"])
     reasons = tuple(c.detail for c in checks if c.passed is False)
     return Verdict(not reasons, reasons, metrics, delta, tuple(checks), dataclasses.asdict(t))
 

@@ -62,8 +62,16 @@ pre{white-space:pre-wrap;word-break:break-word;margin:0;max-width:380px}img{max-
 </section>
 {% if confusion %}<section id="confusion"><h2>Confusion matrices</h2>
 <img alt="confusion matrices, baseline vs candidate" src="{{ confusion }}"></section>{% endif %}
-{% if slices %}<section id="slices"><h2>Per-slice {{ slice_metric }}</h2>
-<img alt="per-slice {{ slice_metric }}" src="{{ slices }}"></section>{% endif %}
+{% if slices %}<section id="slices"><h2>Per slice</h2>
+<p>Each slice is judged by the metric that fits its shape: macro-F1 over its expected labels
+when it expects two or more, recall when every case expects one label, pass rate for non-label
+cases, accuracy for a mix.</p>
+<table id="slice-table"><tr><th>slice</th><th>metric</th><th>n</th><th>baseline</th>
+<th>candidate</th></tr>
+{% for row in slice_rows %}<tr><td>{{ row[0] }}</td><td>{{ row[1] }}</td>
+{% for cell in row[2:] %}<td class="n">{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<img alt="per-slice metric" src="{{ slices }}"></section>{% endif %}
 {% if latency %}<section id="latency"><h2>Latency</h2>
 <img alt="latency distribution" src="{{ latency }}"></section>{% endif %}
 <section id="worst"><h2>Worst cases ({{ worst|length }} of {{ n_cases }})</h2>
@@ -95,21 +103,32 @@ def _role_metrics(report: Mapping[str, Any], role: str) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+_NAMES = {"macro_f1": "macro-F1", "pass_rate": "pass rate", "accuracy": "accuracy"}
+
+
 def metric_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    """(metric, baseline, candidate, delta, CI) rows; the CI belongs to the primary metric."""
+    """(metric, baseline, candidate, delta, CI) rows: one per case family with that family's
+    own bootstrap interval (macro-F1 for label cases, pass rate for the others), then accuracy
+    over all cases (no interval: nothing is gated on it), latency and throughput."""
     base, cand = _role_metrics(report, "baseline"), _role_metrics(report, "candidate")
     delta = report.get("delta") or {}
     primary = delta.get("primary_metric") or (report.get("metrics") or {}).get("primary_metric")
     confidence = delta.get("confidence")
     ci_label = f"{confidence:.0%} " if isinstance(confidence, float) else ""
+    families = delta.get("families") or {}
+    by_metric = {f.get("metric"): f for f in families.values() if isinstance(f, Mapping)}
     rows = []
-    for key, name in (("macro_f1", "macro-F1"), ("accuracy", "accuracy")):
+    for key in ("macro_f1", "pass_rate", "accuracy"):
+        if key == "pass_rate" and cand.get(key) is None and base.get(key) is None:
+            continue
+        fam = by_metric.get(key) or (delta if key == primary and not by_metric else {})
         ci = (
-            f"{ci_label}{_fmt(delta.get('ci_low'), signed=True)} .. "
-            f"{_fmt(delta.get('ci_high'), signed=True)}"
-            if key == primary and delta.get("ci_low") is not None
+            f"{ci_label}{_fmt(fam.get('ci_low'), signed=True)} .. "
+            f"{_fmt(fam.get('ci_high'), signed=True)}"
+            if key != "accuracy" and fam.get("ci_low") is not None
             else ""
         )
+        name = _NAMES[key] + (" (all cases)" if key == "accuracy" else "")
         rows.append(
             (name, _fmt(base.get(key)), _fmt(cand.get(key)), _fmt(delta.get(key), signed=True), ci)
         )
@@ -154,17 +173,45 @@ def confusion(report: Mapping[str, Any]) -> tuple[list[str], dict[str, list[list
     return labels, matrices
 
 
+def _slice_metric(values: Mapping[str, Any]) -> str:
+    metric = str(values.get("metric") or "")
+    if metric == "recall" and values.get("label") is not None:
+        return f"recall of {values['label']!r}"
+    return _NAMES.get(metric, metric or "-")
+
+
 def slice_values(report: Mapping[str, Any]) -> tuple[str, list[str], dict[str, list[float | None]]]:
-    """The primary metric per tag slice and role: (metric, slices, role -> values)."""
-    primary = (report.get("metrics") or {}).get("primary_metric") or "macro_f1"
+    """Each tag slice's own metric per role: (axis label, slices, role -> values). A slice's
+    metric follows its shape (``gate_metrics.slice_shape``), so the tick names it."""
     per_role = {r: _role_metrics(report, r).get("per_slice") or {} for r in ROLES}
-    slices = sorted({tag for values in per_role.values() for tag in values})
+    tags = sorted({tag for values in per_role.values() for tag in values})
     values = {
-        role: [(per_role[role].get(tag) or {}).get(primary) for tag in slices]
+        role: [(per_role[role].get(tag) or {}).get("value") for tag in tags]
         for role in ROLES
         if per_role[role]
     }
-    return primary, slices, values
+    shown = per_role["candidate"] or per_role["baseline"]
+    ticks = [f"{tag}\n{_slice_metric(shown.get(tag) or {})}" for tag in tags]
+    return "slice metric", ticks, values
+
+
+def slice_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(slice, metric, n, baseline, candidate) for the per-slice table."""
+    per_role = {r: _role_metrics(report, r).get("per_slice") or {} for r in ROLES}
+    rows = []
+    for tag, cand in sorted(per_role["candidate"].items()):
+        base = per_role["baseline"].get(tag) or {}
+        same = base.get("metric") == cand.get("metric")
+        rows.append(
+            (
+                tag,
+                _slice_metric(cand),
+                str(cand.get("n", "-")),
+                _fmt(base.get("value")) if same else "-",
+                _fmt(cand.get("value")),
+            )
+        )
+    return rows
 
 
 def _why(case: Mapping[str, Any]) -> tuple[int, str]:
@@ -267,7 +314,7 @@ def render_html(report: Mapping[str, Any]) -> str:
             metrics=metric_rows(report),
             checks=_checks(report),
             confusion=plots.confusion_matrices(labels, matrices) if matrices else None,
-            slice_metric=metric.replace("macro_f1", "macro-F1"),
+            slice_rows=slice_rows(report),
             slices=plots.slice_bars(slices, values, metric) if slices and values else None,
             latency=plots.latency_histogram(latencies, p99) if latencies else None,
             worst=worst_cases(report),

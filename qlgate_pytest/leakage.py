@@ -4,54 +4,17 @@ A golden case the model saw in training measures memory, not skill. Similarity i
 (``training.dedup``: character shingles of ``similarity_text``, Jaccard), so the leakage filter
 at curation time and this check at gate time agree on what a near-duplicate is. MinHash bands
 pick candidate pairs (recall >= 0.99 at the threshold, by ``choose_bands``); each candidate is
-verified by exact Jaccard, so a reported match never rests on an estimate.
+verified by exact Jaccard, so a reported match never rests on an estimate. Finding and verifying
+the training rows is ``training_data.py``'s business.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 DEFAULT_THRESHOLD = 0.85
-
-
-def load_training_prompts(
-    dataset: Path, adapter_dir: Path
-) -> tuple[list[tuple[str, str]], str | None]:
-    """(row id, user text) of every row of every split of the curated dataset at ``dataset``
-    (the curate output dir holding ``dataset/``, or the saved DatasetDict itself), and the
-    sha256 of its ``manifest.json`` if present. A relative path is tried from the working
-    directory, then from the adapter directory."""
-    from training.fingerprint import sha256_file
-
-    candidates = [dataset] if dataset.is_absolute() else [dataset, adapter_dir / dataset]
-    for root in candidates:
-        for saved in (root / "dataset", root):
-            if (saved / "dataset_dict.json").is_file() or (saved / "state.json").is_file():
-                manifest = root / "manifest.json"
-                return _user_texts(saved), sha256_file(manifest) if manifest.is_file() else None
-    raise FileNotFoundError(
-        f"training dataset {dataset} recorded in the provenance is not on this machine "
-        f"(looked for {dataset}/dataset)"
-    )
-
-
-def _user_texts(saved: Path) -> list[tuple[str, str]]:
-    from datasets import DatasetDict, load_from_disk
-
-    from training.dedup import prompt_text
-
-    loaded = load_from_disk(str(saved))
-    splits = loaded.items() if isinstance(loaded, DatasetDict) else [("data", loaded)]
-    rows = []
-    for split, table in splits:
-        for i, row in enumerate(table):
-            # User turns only: the system prompt is shared by every row and golden case.
-            turns = [(m.get("role", ""), m.get("content", "")) for m in row.get("messages") or []]
-            rows.append((str(row.get("id") or f"{split}[{i}]"), prompt_text(turns)))
-    return rows
 
 
 @dataclass(frozen=True)

@@ -269,6 +269,15 @@ class FlipRate:
     def rate(self) -> float:
         return self.flips / self.total if self.total else 0.0
 
+    def upper(self, confidence: float) -> float:
+        """Upper bound of the flip rate's exact (Clopper-Pearson) interval at ``confidence``:
+        the highest rate these observations cannot rule out. It treats perturbed answers as
+        independent; perturbations of one case share its difficulty, so a few cases with many
+        perturbations each understate the bound's true width (``cases`` says how many)."""
+        from qlgate_pytest.stats import clopper_pearson
+
+        return clopper_pearson(self.flips, self.total, confidence)[1]
+
 
 @dataclass(frozen=True)
 class FlipReport:
@@ -318,21 +327,32 @@ def flip_rates(cases: Sequence[RobustnessCase]) -> FlipReport:
     )
 
 
-def flip_rate_violations(report: FlipReport, max_flip_rate: float) -> list[str]:
-    """Reasons the candidate breaks ``--max-flip-rate``, overall or in any slice; empty if none."""
+def flip_rate_violations(
+    report: FlipReport, max_flip_rate: float, confidence: float = 0.95
+) -> list[str]:
+    """Reasons the candidate breaks ``--max-flip-rate``, overall or in any slice; empty if none.
+
+    The rule is on the upper confidence bound at the gate's ``confidence``, as the F1 rule is
+    on the lower bound of the gain: 2 flips in 12 answers (rate 0.167) cannot show a flip rate
+    below 0.2, since the bound is 0.484, and the gate fails closed."""
     scopes = [("overall", report.overall)] + [
         (f"slice {name!r}", roles) for name, roles in report.by_slice.items()
     ]
+    level = f"{confidence * 100:g}%"
     reasons = []
     for scope, roles in scopes:
         cand = roles.get("candidate")
-        if cand is None or cand.rate <= max_flip_rate:
+        if cand is None:
+            continue
+        upper = cand.upper(confidence)
+        if upper <= max_flip_rate:
             continue
         base = roles.get("baseline")
         versus = f"; baseline {base.rate:.3f}" if base is not None else ""
         reasons.append(
             f"robustness {scope}: candidate flip rate {cand.rate:.3f} ({cand.flips}/{cand.total} "
-            f"perturbed answers changed{versus}) exceeds --max-flip-rate {max_flip_rate:.3f}"
+            f"perturbed answers changed{versus}), {level} upper bound {upper:.3f}, exceeds "
+            f"--max-flip-rate {max_flip_rate:.3f}"
         )
     return reasons
 
@@ -356,20 +376,24 @@ def robustness_case_from_json(text: str) -> RobustnessCase:
     return case
 
 
-def flip_report_to_json(report: FlipReport) -> dict[str, object]:
-    """The report's ``robustness`` section: plain JSON with each rate beside its counts."""
+def flip_report_to_json(report: FlipReport, confidence: float | None = None) -> dict[str, object]:
+    """The report's ``robustness`` section: plain JSON with each rate beside its counts, and,
+    given the gate's ``confidence``, its upper confidence bound (``upper``)."""
+
+    def row(v: FlipRate) -> dict[str, object]:
+        out: dict[str, object] = {
+            "rate": v.rate,
+            "flips": v.flips,
+            "total": v.total,
+            "cases": v.cases,
+            "cases_flipped": v.cases_flipped,
+        }
+        if confidence is not None:
+            out["upper"] = v.upper(confidence)
+        return out
 
     def roles(r: Mapping[str, FlipRate]) -> dict[str, object]:
-        return {
-            role: {
-                "rate": v.rate,
-                "flips": v.flips,
-                "total": v.total,
-                "cases": v.cases,
-                "cases_flipped": v.cases_flipped,
-            }
-            for role, v in sorted(r.items())
-        }
+        return {role: row(v) for role, v in sorted(r.items())}
 
     return {
         "overall": roles(report.overall),

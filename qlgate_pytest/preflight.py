@@ -9,8 +9,10 @@ short reason code; any finding of severity ``error`` turns the gate red.
 Weights are read from safetensors only: pickle formats (``.bin``, ``.pt``, ...) run code when
 loaded, so they are named and refused, never opened. Tensor values are checked on their raw bits
 (exponent all ones = NaN/Inf) through a memory map, for every float dtype including bf16, with no
-torch. A check that needs something absent (no provenance, training data not on this machine) is
-skipped with a ``warning`` finding saying what was not checked.
+torch. A check that needs something absent is skipped with a ``warning`` finding saying what
+was not checked (no provenance at all), except leakage: training data that the provenance names
+but that cannot be found, or is not the data trained on (content hash), is an ``error`` unless
+``--allow-unchecked-leakage``; a clean leakage check leaves an ``info`` finding naming the data.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from typing import Any, Literal
 
 from qlgate_pytest.errors import PreflightError
 from qlgate_pytest.gen_cache import weights_hash
-from qlgate_pytest.leakage import DEFAULT_THRESHOLD, load_training_prompts, near_duplicates
+from qlgate_pytest.leakage import DEFAULT_THRESHOLD, near_duplicates
 from training.fingerprint import chat_template_sha256, read_chat_template, tokenizer_sha256
 
 ADAPTER_CONFIG = "adapter_config.json"
 PROVENANCE = "qlgate-provenance.json"
 PROVENANCE_VERSIONS = frozenset({1})  # training/provenance.py SCHEMA_VERSION
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-Severity = Literal["error", "warning"]
+# info: what a check ran against (the report shows it); never turns the gate red.
+Severity = Literal["error", "warning", "info"]
 
 # Keys transformers writes into tokenizer_config.json about how a tokenizer was *loaded*; they do
 # not change tokenization (measured: a save_pretrained round trip flips local_files_only).
@@ -98,11 +101,14 @@ def run_preflight(
     golden_prompts: Sequence[str] | Mapping[str, str],
     base_spec: str | None,
     leakage_threshold: float = DEFAULT_THRESHOLD,
+    allow_unchecked_leakage: bool = False,
 ) -> list[Finding]:
     """Every problem found with ``adapter_dir`` served on ``base_dir`` by that engine.
 
     ``golden_prompts`` are the golden cases' user texts; a mapping (case id -> text) lets leakage
     findings name the cases. No findings of severity ``error``: the adapter may be served.
+    ``allow_unchecked_leakage`` turns "training data not found / not the data trained on" from
+    an error into a warning (``--allow-unchecked-leakage``).
     """
     try:
         _check_layout(adapter_dir)
@@ -117,10 +123,17 @@ def run_preflight(
     findings += _check_base(info, provenance, adapter_dir, base_dir, base_spec)
     findings += _check_tokenizer(provenance, adapter_dir, base_dir)
     if provenance is None:
-        what = "the training-time tokenizer hashes, base weights hash and leakage"
+        # Without provenance nothing says which data the adapter was trained on, so leakage
+        # cannot be checked: red like any training data that cannot be found (deleting the
+        # provenance file must not be a way around the leakage check).
+        what = "the training-time tokenizer hashes and base weights hash"
         msg = f"{adapter_dir / PROVENANCE} is absent: {what} were not checked"
-        return [*findings, Finding("provenance_missing", msg, "warning")]
-    return findings + _check_leakage(provenance, adapter_dir, golden_prompts, leakage_threshold)
+        absent = f"{adapter_dir / PROVENANCE} is absent, so the training data is unknown"
+        unchecked = [_unchecked(absent, allow_unchecked_leakage)] if golden_prompts else []
+        return [*findings, Finding("provenance_missing", msg, "warning"), *unchecked]
+    return findings + _check_leakage(
+        provenance, adapter_dir, golden_prompts, leakage_threshold, allow_unchecked_leakage
+    )
 
 
 def _finding_of(exc: PreflightError) -> Finding:
@@ -408,33 +421,60 @@ def _check_leakage(
     adapter_dir: Path,
     golden: Sequence[str] | Mapping[str, str],
     threshold: float,
+    allow_unchecked: bool,
 ) -> list[Finding]:
+    """Near-duplicates of golden prompts in the training data the provenance names, found and
+    verified by ``training_data.locate``. Data that cannot be found or is not the data trained
+    on is red unless ``--allow-unchecked-leakage``; a ``leakage_checked`` info finding names the
+    data a clean check was run against, so the report says what "no leakage" rests on."""
+    from qlgate_pytest import training_data
+
     if isinstance(golden, Mapping):
         ids, texts = list(golden), list(golden.values())
     else:
         ids, texts = [f"#{i}" for i in range(len(golden))], list(golden)
-    record = provenance.get("dataset") or {}
     if not texts:
         return []
-    unchecked = "golden prompts were not checked against the training data"
+    record = provenance.get("dataset") or {}
     if not isinstance(record.get("path"), str):
-        msg = f"{adapter_dir / PROVENANCE} records no dataset.path: {unchecked}"
-        return [Finding("leakage_unchecked", msg, "warning")]
-    try:
-        rows, manifest_sha = load_training_prompts(Path(record["path"]), adapter_dir)
-    except FileNotFoundError as exc:
-        return [Finding("leakage_unchecked", f"{exc}: {unchecked}", "warning")]
+        return [_unchecked(f"{adapter_dir / PROVENANCE} records no dataset.path", allow_unchecked)]
+    located = training_data.locate(record, adapter_dir)
+    if located.data is None:
+        return [_unchecked(located.detail, allow_unchecked)]
     found = []
-    if record.get("manifest_sha256") and manifest_sha != record["manifest_sha256"]:
-        msg = f"the dataset at {record['path']} changed since training (manifest hash differs)"
-        found.append(Finding("dataset_changed", f"{msg}; leakage checked against it", "warning"))
-    matches = near_duplicates(texts, [text for _, text in rows], threshold=threshold)
+    if located.status == "mismatch":
+        what = f"the training data changed since training: {located.detail}"
+        if allow_unchecked:
+            msg = f"{what}; leakage checked against it ({ALLOWED})"
+            found.append(Finding("dataset_changed", msg, "warning"))
+        else:
+            msg = f"{what}; leakage against the data trained on cannot be checked ({HOW_TO_ALLOW})"
+            found.append(Finding("dataset_changed", msg))
+    elif located.status == "unverified":
+        msg = f"no dataset hash was recorded at training, so {located.detail} is taken on trust"
+        found.append(Finding("dataset_unverified", msg, "warning"))
+    data = located.data
+    matches = near_duplicates(texts, [text for _, text in data.rows], threshold=threshold)
     if matches:
         shown = "; ".join(
-            f"{ids[m.query]} ~ training row {rows[m.match][0]} (Jaccard {m.similarity:.2f})"
+            f"{ids[m.query]} ~ training row {data.rows[m.match][0]} (Jaccard {m.similarity:.2f})"
             for m in matches[:5]
         ) + (f"; and {len(matches) - 5} more" if len(matches) > 5 else "")
         msg = f"{len(matches)} golden prompt(s) near-duplicate the training data in "
-        msg += f"{record['path']} (threshold {threshold:.2f}): {shown}"
+        msg += f"{data.root} (threshold {threshold:.2f}): {shown}"
         found.append(Finding("leakage", msg, subjects=tuple(ids[m.query] for m in matches)))
+    checked = f"checked {len(texts)} golden prompt(s) against {located.detail}"
+    found.append(Finding("leakage_checked", checked, "info"))
     return found
+
+
+ALLOWED = "allowed by --allow-unchecked-leakage"
+HOW_TO_ALLOW = "pass --allow-unchecked-leakage to accept a run whose leakage is unchecked"
+
+
+def _unchecked(why: str, allowed: bool) -> Finding:
+    """Leakage could not be checked: red, or a warning when the user accepted that."""
+    if allowed:
+        return Finding("leakage_unchecked", f"{why}: leakage unchecked ({ALLOWED})", "warning")
+    msg = f"{why}: golden prompts cannot be checked against the training data ({HOW_TO_ALLOW})"
+    return Finding("leakage_unchecked", msg)

@@ -2,7 +2,8 @@
 
 Each error finding becomes one line ``preflight [reason]: message``; the session makes each a
 reason of the red verdict and runs no generation. Warnings (a check that could not run, e.g. no
-provenance) go to the report's ``preflight`` section without turning the gate red.
+provenance) and info findings (what the leakage check ran against) go to the report's
+``preflight`` section without turning the gate red.
 
 What an engine can serve (``EngineCaps``) comes from the engine's factory: a factory (or class)
 may expose ``caps`` as an ``EngineCaps`` or as a callable returning one; an engine that says
@@ -60,6 +61,7 @@ def pytest_qlgate_preflight(
         golden_prompts={c.id: c.prompt_text() for c in cases},
         base_spec=gate.base_model().spec,
         leakage_threshold=opts.leakage_threshold,
+        allow_unchecked_leakage=opts.allow_unchecked_leakage,
     )
     if opts.baseline.kind == "adapter" and opts.baseline.path is not None:
         # The baseline adapter is served by the same engine: it must be servable too. Its

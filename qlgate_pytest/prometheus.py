@@ -112,21 +112,29 @@ def report_metrics(
     reasons.add(len(report.get("reasons") or ()))
 
     f1 = family("qlgate_macro_f1", "Macro-F1 over label cases", "role")
+    rate = family("qlgate_pass_rate", "Share of non-label cases that pass (weighted)", "role")
     acc = family("qlgate_accuracy", "Share of cases scored correct (weighted)", "role")
     tps = family("qlgate_tokens_per_second", "Generated tokens per request-second", "role")
     slice_f1 = family("qlgate_slice_macro_f1", "Macro-F1 of one tag slice", "role", "slice")
     slice_acc = family("qlgate_slice_accuracy", "Accuracy of one tag slice", "role", "slice")
+    slice_value = family(
+        "qlgate_slice_value", "A tag slice's own metric (chosen by its shape; see the metric "
+        "label), as the slice check compares it", "role", "slice", "metric",
+    )  # fmt: skip
     outcome = family("qlgate_cases", "Cases by role and outcome", "role", "outcome")
     for role in ROLES:
         role_metrics = metrics.get(role)
         if not isinstance(role_metrics, Mapping):
             continue
         f1.add(role_metrics.get("macro_f1"), role)
+        rate.add(role_metrics.get("pass_rate"), role)
         acc.add(role_metrics.get("accuracy"), role)
         tps.add(role_metrics.get("tokens_per_s"), role)
         for tag, values in sorted((role_metrics.get("per_slice") or {}).items()):
             slice_f1.add(values.get("macro_f1"), role, tag)
             slice_acc.add(values.get("accuracy"), role, tag)
+            if values.get("metric"):
+                slice_value.add(values.get("value"), role, tag, str(values["metric"]))
         rows = _role_rows(report, role)
         right = sum(1 for r in rows if r.get("correct") is True)
         outcome.add(right, role, "correct")
@@ -140,8 +148,16 @@ def report_metrics(
     counts.add(errored, "errored")
 
     gain = family("qlgate_delta", "Candidate minus baseline, with its bootstrap CI", "metric")
-    for key in ("primary", "macro_f1", "accuracy", "ci_low", "ci_high"):
+    for key in ("primary", "macro_f1", "pass_rate", "accuracy", "ci_low", "ci_high"):
         gain.add(delta.get(key), key)
+    by_family = family(
+        "qlgate_family_delta", "Candidate minus baseline per case family, with that family's "
+        "own bootstrap CI", "family", "metric", "value",
+    )  # fmt: skip
+    for name, values in sorted((delta.get("families") or {}).items()):
+        if isinstance(values, Mapping):
+            for key in ("delta", "ci_low", "ci_high"):
+                by_family.add(values.get(key), name, str(values.get("metric")), key)
     p_value = family("qlgate_mcnemar_p_value", "Exact McNemar p-value, candidate vs baseline")
     p_value.add(delta.get("mcnemar_p"))
 
@@ -150,11 +166,32 @@ def report_metrics(
         if isinstance(row, Mapping) and isinstance(row.get("passed"), bool):
             check.add(row["passed"], str(row.get("name")))
 
+    flips = _flip_family(report, family)
     families = [
-        passed, info, stamp, reasons, f1, acc, tps, slice_f1, slice_acc, outcome, counts,
-        gain, p_value, check,
+        passed, info, stamp, reasons, f1, rate, acc, tps, slice_f1, slice_acc, slice_value,
+        outcome, counts, gain, by_family, p_value, check, flips,
     ]  # fmt: skip
     return [f.metric for f in families] + [_latency_summary(report, const)]
+
+
+def _flip_family(report: Mapping[str, Any], family: Any) -> _Family:
+    """Flip rates of the robustness slice (``--perturb``): the rate and its upper confidence
+    bound, which ``--max-flip-rate`` is checked against."""
+    flips: _Family = family(
+        "qlgate_flip_rate", "Share of perturbed answers that changed, and its upper confidence "
+        "bound", "role", "scope", "bound",
+    )  # fmt: skip
+    robust = report.get("robustness")
+    if not isinstance(robust, Mapping):
+        return flips
+    scopes = [("overall", robust.get("overall"))]
+    scopes += [(f"slice:{k}", v) for k, v in sorted((robust.get("by_slice") or {}).items())]
+    for scope, roles in scopes:
+        for role, values in sorted((roles or {}).items()):
+            if isinstance(values, Mapping):
+                flips.add(values.get("rate"), role, scope, "observed")
+                flips.add(values.get("upper"), role, scope, "upper")
+    return flips
 
 
 class _ReportCollector:

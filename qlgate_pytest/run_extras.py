@@ -21,10 +21,35 @@ _CACHE_COUNTERS = ("hits", "misses", "corrupt", "writes", "write_errors")
 
 
 def preflight_section(findings: Sequence[Finding] | None) -> dict[str, Any]:
+    """``{ran, findings, leakage}``; ``leakage`` says in one line what the leakage check rests on
+    (or why it did not run), so a green gate never hides an unchecked leakage."""
     if findings is None:
-        return {"ran": False, "findings": []}
+        return {"ran": False, "findings": [], "leakage": "not run: preflight did not run"}
     rows = [{"reason": f.reason, "severity": f.severity, "message": f.message} for f in findings]
-    return {"ran": True, "findings": rows}
+    return {"ran": True, "findings": rows, "leakage": leakage_status(findings)}
+
+
+def leakage_status(findings: Sequence[Finding]) -> str:
+    """``checked ...`` / ``unchecked (allowed by --allow-unchecked-leakage): ...`` /
+    ``unchecked: ...`` / ``not run: ...`` from the preflight findings."""
+    by_reason = {f.reason: f for f in findings}
+    checked, unchecked = by_reason.get("leakage_checked"), by_reason.get("leakage_unchecked")
+    changed = by_reason.get("dataset_changed")
+    if changed is not None and changed.severity == "error":
+        return f"unchecked: {changed.message}"
+    if checked is not None:
+        caveat = "; against data that is not the data trained on (allowed)" if changed else ""
+        leaks = "; near-duplicates found (red)" if "leakage" in by_reason else ""
+        return checked.message + caveat + leaks
+    if unchecked is not None:
+        allowed = unchecked.severity != "error"
+        prefix = "unchecked (allowed by --allow-unchecked-leakage)" if allowed else "unchecked"
+        return f"{prefix}: {unchecked.message}"
+    if "provenance_missing" in by_reason:
+        return f"unchecked: {by_reason['provenance_missing'].message}"
+    if any(f.severity == "error" for f in findings):
+        return "not run: an earlier preflight error stopped the checks"
+    return "not run: no golden prompts, or the adapter was not checked"
 
 
 def worker_stats(
@@ -70,9 +95,13 @@ def engine_load_section(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def robustness_section(
-    cases: Sequence[RobustnessCase], perturb: int, max_flip_rate: float | None
+    cases: Sequence[RobustnessCase],
+    perturb: int,
+    max_flip_rate: float | None,
+    confidence: float = 0.95,
 ) -> tuple[dict[str, Any] | None, list[str]]:
-    """The report's ``robustness`` section and the ``--max-flip-rate`` violations."""
+    """The report's ``robustness`` section and the ``--max-flip-rate`` violations, judged on
+    each flip rate's upper confidence bound at the gate's ``confidence``."""
     if perturb <= 0:
         return None, []
     from qlgate_pytest.perturb import flip_rate_violations, flip_rates, flip_report_to_json
@@ -82,7 +111,10 @@ def robustness_section(
         "perturbations_per_case": perturb,
         "cases": len(cases),
         "max_flip_rate": max_flip_rate,
-        **flip_report_to_json(report),
+        "confidence": confidence,
+        **flip_report_to_json(report, confidence),
     }
-    reasons = [] if max_flip_rate is None else flip_rate_violations(report, max_flip_rate)
+    reasons = (
+        [] if max_flip_rate is None else flip_rate_violations(report, max_flip_rate, confidence)
+    )
     return section, reasons

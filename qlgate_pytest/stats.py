@@ -1,4 +1,5 @@
-"""Pure statistics for the gate: macro-F1, accuracy, percentiles, paired bootstrap, McNemar.
+"""Pure statistics for the gate: macro-F1, accuracy, percentiles, paired bootstrap, McNemar,
+Clopper-Pearson.
 
 Everything takes plain sequences and returns plain numbers, so it is unit- and property-tested
 without pytest internals. Conventions, stated once:
@@ -97,13 +98,41 @@ def macro_f1(
     expected: Sequence[str],
     predicted: Sequence[str | None],
     weights: Sequence[float] | None = None,
+    *,
+    over_expected: bool = False,
 ) -> float:
-    """Macro-averaged F1 of ``predicted`` against ``expected``; 0.0 for no cases."""
+    """Macro-averaged F1 of ``predicted`` against ``expected``; 0.0 for no cases.
+
+    ``over_expected`` averages over the expected labels only (scikit-learn's ``labels=``): a
+    slice of the golden set holds only some labels, and a label it never expects would enter
+    the mean as F1 = 0 for every stray prediction, however good the slice's answers are. Stray
+    predictions still count, as misses of the expected label."""
     if not expected:
         return 0.0
     true, (pred,), k = _encode(expected, predicted)
     feats = _confusion_features(true, pred, k, _weights(len(expected), weights))
-    return float(_macro_from_counts(feats.sum(axis=0, keepdims=True), k)[0])
+    counts = feats.sum(axis=0, keepdims=True)
+    if not over_expected:
+        return float(_macro_from_counts(counts, k)[0])
+    keep = np.unique(true)
+    tp, fn, fp = (counts[0, i * k : (i + 1) * k][keep] for i in range(3))
+    return float(np.mean(2 * tp / (2 * tp + fn + fp)))
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) two-sided interval of a binomial proportion at
+    ``confidence``; (0, 1) for no trials. Its upper bound is what a "rate at most X" rule can
+    claim from ``trials`` observations, as the bootstrap's lower bound is for a gain."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if not 0 <= successes <= trials:
+        raise ValueError(f"{successes} successes in {trials} trials")
+    if trials == 0:
+        return 0.0, 1.0
+    from scipy.stats import binomtest  # scipy.stats costs ~0.3 s to import; only when needed
+
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def accuracy(correct: Sequence[bool], weights: Sequence[float] | None = None) -> float:

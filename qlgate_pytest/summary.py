@@ -37,54 +37,85 @@ def _get(m: Any, *keys: str) -> Any:
     return m
 
 
-def _rows(report: Mapping[str, Any]) -> list[Row]:
+_NAMES = {"macro_f1": "macro-F1", "pass_rate": "pass rate", "accuracy": "accuracy"}
+_FAMILY_WORDS = {"label": "label", "pass_rate": "non-label"}
+
+
+def _family_rows(report: Mapping[str, Any]) -> list[Row]:
+    """One row per case family: its metric, interval, threshold and check (``gate.py``)."""
     metrics = report.get("metrics") or {}
     delta = report.get("delta") or {}
     t = report.get("thresholds") or {}
     checks = {c.get("name"): c.get("passed") for c in report.get("checks") or []}
     cand, base = metrics.get("candidate"), metrics.get("baseline")
     primary = metrics.get("primary_metric") or "macro_f1"
-    name = "macro-F1" if primary == "macro_f1" else "accuracy"
     conf = delta.get("confidence")
     level = f"{conf:.0%} " if isinstance(conf, float) else ""
-    low, high = _num(delta.get("ci_low"), signed=True), _num(delta.get("ci_high"), signed=True)
-    ci = f"{level}[{low}, {high}]" if delta.get("ci_low") is not None else "-"
-    gain = f"gain > {_num(t.get('min_f1_gain'))}" if base is not None else "-"
-    rows = [
+    fams = _get(cand, "families") or {}
+    if not fams:  # a report from before families: its one primary metric
+        fams = {"label" if primary == "macro_f1" else "pass_rate": {"metric": primary}}
+    rows: list[Row] = []
+    for fam, info in fams.items():
+        metric = info.get("metric") or primary
+        d = _get(delta, "families", fam) or (delta if metric == primary else {})
+        is_primary = metric == primary
+        low, high = _num(d.get("ci_low"), signed=True), _num(d.get("ci_high"), signed=True)
+        ci = f"{level}[{low}, {high}]" if d.get("ci_low") is not None else "-"
+        if base is None:
+            limit = "-"
+        elif is_primary:
+            limit = f"gain > {_num(t.get('min_f1_gain'))}"
+        else:
+            limit = f"drop < {_num(t.get('max_pass_rate_drop'))}"
+        n = info.get("n")
+        label = f"{_NAMES.get(metric, metric)} ({_FAMILY_WORDS.get(fam, fam)}" + (
+            f", n={n})" if n is not None else ")"
+        )
+        rows.append(
+            (
+                label,
+                _num(_get(base, metric)),
+                _num(_get(cand, metric)),
+                _num(d.get("delta", d.get("primary")), signed=True),
+                ci,
+                limit,
+                _result(checks, "gain" if is_primary else fam),
+            )
+        )
+        if t.get("min_f1") is not None:
+            floor = "floor" if is_primary else f"floor_{fam}"
+            rows.append(
+                (
+                    f"{_NAMES.get(metric, metric)} floor",
+                    "-",
+                    _num(_get(cand, metric)),
+                    "-",
+                    "-",
+                    f">= {_num(t['min_f1'])}",
+                    _result(checks, floor),
+                )
+            )
+    return rows
+
+
+def _rows(report: Mapping[str, Any]) -> list[Row]:
+    metrics = report.get("metrics") or {}
+    delta = report.get("delta") or {}
+    t = report.get("thresholds") or {}
+    checks = {c.get("name"): c.get("passed") for c in report.get("checks") or []}
+    cand, base = metrics.get("candidate"), metrics.get("baseline")
+    rows = _family_rows(report)
+    rows.append(
         (
-            name,
-            _num(_get(base, "primary")),
-            _num(_get(cand, "primary")),
-            _num(delta.get("primary"), signed=True),
-            ci,
-            gain,
-            _result(checks, "gain"),
+            "accuracy (all cases)",
+            _num(_get(base, "accuracy")),
+            _num(_get(cand, "accuracy")),
+            _num(delta.get("accuracy"), signed=True),
+            "-",
+            "-",
+            "-",
         )
-    ]
-    if primary == "macro_f1":
-        rows.append(
-            (
-                "accuracy",
-                _num(_get(base, "accuracy")),
-                _num(_get(cand, "accuracy")),
-                _num(delta.get("accuracy"), signed=True),
-                "-",
-                "-",
-                "-",
-            )
-        )
-    if t.get("min_f1") is not None:
-        rows.append(
-            (
-                f"{name} floor",
-                "-",
-                _num(_get(cand, "primary")),
-                "-",
-                "-",
-                f">= {_num(t['min_f1'])}",
-                _result(checks, "floor"),
-            )
-        )
+    )
     for q in ("p50", "p95", "p99"):
         b, c = _get(base, "latency_ms", q), _get(cand, "latency_ms", q)
         diff = c - b if isinstance(b, float) and isinstance(c, float) else None
@@ -111,7 +142,7 @@ def _rows(report: Mapping[str, Any]) -> list[Row]:
             "-",
         )
     )
-    rows += _slice_rows(cand, base, t, name)
+    rows += _slice_rows(cand, base, t)
     mp = [c for c in report.get("cases") or [] if c.get("must_pass")]
     if mp:
         ok = sum(1 for c in mp if _get(c, "candidate", "correct"))
@@ -132,19 +163,29 @@ def _rows(report: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
-def _slice_rows(cand: Any, base: Any, t: Mapping[str, Any], name: str) -> list[Row]:
+def _slice_name(values: Any) -> str:
+    metric = _get(values, "metric")
+    label = _get(values, "label")
+    if metric == "recall" and label is not None:
+        return f"recall of {label!r}"
+    return _NAMES.get(str(metric), str(metric or "metric"))
+
+
+def _slice_rows(cand: Any, base: Any, t: Mapping[str, Any]) -> list[Row]:
+    """One row per slice in the slice's own metric; roles are compared only in the same one."""
     rows: list[Row] = []
     limit = t.get("max_slice_drop")
     for tag, c in (_get(cand, "per_slice") or {}).items():
         b = _get(base, "per_slice", tag)
-        cv, bv = _get(c, "primary"), _get(b, "primary")
+        same = b is not None and _get(b, "metric") == _get(c, "metric")
+        cv, bv = _get(c, "value"), _get(b, "value") if same else None
         diff = cv - bv if isinstance(cv, float) and isinstance(bv, float) else None
         verdict = "-"
         if limit is not None and diff is not None:
             verdict = "FAIL" if -diff > limit else "PASS"
         rows.append(
             (
-                f"slice {tag} {name} (n={_get(c, 'n')})",
+                f"slice {tag} {_slice_name(c)} (n={_get(c, 'n')})",
                 _num(bv),
                 _num(cv),
                 _num(diff, signed=True),
@@ -199,7 +240,8 @@ def _rate(rates: Any, role: str) -> str:
     r = _get(rates, role)
     if not isinstance(r, dict):
         return "-"
-    return f"{_num(r.get('rate'))} ({r.get('flips')}/{r.get('total')})"
+    bound = f", upper {_num(r['upper'])}" if r.get("upper") is not None else ""
+    return f"{_num(r.get('rate'))} ({r.get('flips')}/{r.get('total')}{bound})"
 
 
 def _extras(report: Mapping[str, Any]) -> list[str]:
@@ -223,9 +265,13 @@ def _extras(report: Mapping[str, Any]) -> list[str]:
         lines.append(f"generation cache: {state}; {engine}")
     robust = report.get("robustness")
     if isinstance(robust, dict):
+        conf = robust.get("confidence")
+        bound = f"; upper = {conf:.0%} confidence bound" if isinstance(conf, float) else ""
+        limit = robust.get("max_flip_rate")
+        rule = f"; gate: candidate upper <= {_num(limit)}" if limit is not None else ""
         lines.append(
             f"robustness ({robust.get('perturbations_per_case')} perturbations x "
-            f"{robust.get('cases')} label cases), flip rate baseline -> candidate:"
+            f"{robust.get('cases')} label cases), flip rate baseline -> candidate{bound}{rule}:"
         )
         scopes = [("overall", robust.get("overall"))]
         scopes += [(f"slice {k}", v) for k, v in (robust.get("by_slice") or {}).items()]
@@ -233,6 +279,8 @@ def _extras(report: Mapping[str, Any]) -> list[str]:
             lines.append(f"  {scope}: {_rate(rates, 'baseline')} -> {_rate(rates, 'candidate')}")
     preflight = report.get("preflight")
     if isinstance(preflight, dict):
+        if preflight.get("leakage"):
+            lines.append(f"preflight leakage: {preflight['leakage']}")
         for f in preflight.get("findings") or []:
             if f.get("severity") == "warning":
                 lines.append(f"preflight warning [{f.get('reason')}]: {f.get('message')}")

@@ -254,15 +254,16 @@ def test_some_missing_baselines_are_red() -> None:
     assert any("1 case(s) have no baseline outcome: c5" in r for r in v.reasons)
 
 
-def test_non_label_scorers_make_accuracy_primary() -> None:
-    """With a non-label scorer in the set the primary metric is accuracy, and it says so."""
+def test_non_label_scorers_keep_macro_f1_primary_and_get_their_own_family() -> None:
+    """Non-label cases beside label cases form the pass_rate family; macro-F1 stays primary."""
     results = cases(200, 0.9, 0.5)
     results = [replace(c, scorer="contains") if i % 2 else c for i, c in enumerate(results)]
     v = decide(results, FAST, whole(results))
-    assert v.metrics["primary_metric"] == "accuracy"
-    assert v.metrics["candidate"]["primary_metric"] == "accuracy"
-    assert v.delta["primary"] == pytest.approx(v.delta["accuracy"])
+    assert v.metrics["primary_metric"] == "macro_f1"
+    assert v.metrics["families"] == {"label": 100, "pass_rate": 100}
+    assert v.delta["primary"] == pytest.approx(v.delta["families"]["label"]["delta"])
     assert v.metrics["candidate"]["macro_f1"] is not None  # over the label cases only
+    assert v.metrics["candidate"]["pass_rate"] is not None  # over the other cases only
 
 
 def test_weights_change_the_metric_when_they_differ() -> None:

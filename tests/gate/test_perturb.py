@@ -168,15 +168,37 @@ def test_flip_rates_per_role_slice_and_kind() -> None:
 
 
 def test_flip_rate_gate_names_the_slice_and_counts() -> None:
-    """--max-flip-rate fails the candidate overall and in each slice above it, with counts."""
+    """--max-flip-rate fails the candidate overall and in each slice whose upper bound is above
+    it, with counts, the raw rate and the bound."""
     report = flip_rates(
         [_case("a", ("core",), "cc", "bbb", "bbb"), _case("b", ("edge",), "cc", "aab", "aaa")]
     )
     reasons = flip_rate_violations(report, max_flip_rate=0.2)
-    assert len(reasons) == 2
-    assert "overall" in reasons[0] and "1/4" in reasons[0] and "0.250" in reasons[0]
-    assert "slice 'edge'" in reasons[1] and "baseline 0.000" in reasons[1]
-    assert flip_rate_violations(report, max_flip_rate=0.5) == []
+    assert len(reasons) == 3  # overall 1/4, core 0/2 (bound 0.842), edge 1/2
+    assert "overall" in reasons[0] and "1/4" in reasons[0] and "rate 0.250" in reasons[0]
+    assert "95% upper bound 0.806" in reasons[0]
+    assert "slice 'edge'" in reasons[2] and "baseline 0.000" in reasons[2]
+    assert flip_rate_violations(report, max_flip_rate=0.99) == []
+
+
+def test_flip_rate_gate_uses_the_upper_confidence_bound() -> None:
+    """2 flips in 12 answers (raw rate 0.167 <= 0.2) cannot show a flip rate of at most 0.2:
+    the 95% Clopper-Pearson upper bound is 0.484 (beta.ppf(0.975, 3, 10)), so the gate is red;
+    0 flips in 200 answers (bound 1 - 0.025 ** (1/200) = 0.018) passes 0.02."""
+    cases = [_case(f"c{i}", ("core",), "ccc", "aaaa", None) for i in range(3)]
+    cases.append(_case("d", ("core",), "ccc", "abba", None))  # 2 flips: 2/12 in all
+    report = flip_rates(cases)
+    assert report.overall["candidate"].rate == pytest.approx(2 / 12)
+    (overall, core) = flip_rate_violations(report, max_flip_rate=0.2)
+    assert overall.startswith("robustness overall: candidate flip rate 0.167 (2/12 perturbed")
+    assert "95% upper bound 0.484, exceeds --max-flip-rate 0.200" in overall
+    assert core.startswith("robustness slice 'core': candidate flip rate 0.167")
+    assert "90% upper bound 0.438" in flip_rate_violations(report, 0.2, confidence=0.9)[0]
+    steady = flip_rates([_case(f"s{i}", (), "cc", "aaa", None) for i in range(100)])
+    assert steady.overall["candidate"].upper(0.95) == pytest.approx(1 - 0.025 ** (1 / 200))
+    assert flip_rate_violations(steady, max_flip_rate=0.02) == []
+    as_json = flip_report_to_json(report, confidence=0.95)
+    assert as_json["overall"]["candidate"]["upper"] == pytest.approx(0.4841, abs=1e-4)  # type: ignore[index]
 
 
 def test_flip_rates_refuse_mismatched_lengths() -> None:

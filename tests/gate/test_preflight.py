@@ -20,6 +20,7 @@ from qlgate_pytest.preflight import (
     inspect_adapter,
     run_preflight,
 )
+from qlgate_pytest.training_data import content_sha256
 from training.sample_task import SYSTEM_PROMPT
 
 HF = EngineCaps(name="hf")
@@ -63,7 +64,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
     ]  # fmt: skip
     splits = {"train": Dataset.from_list(rows[:3]), "validation": Dataset.from_list(rows[3:])}
     DatasetDict(splits).save_to_disk(str(data / "dataset"))
-    (data / "manifest.json").write_text(json.dumps({"schema_version": 1, "content_sha256": "c"}))
+    content = content_sha256(data / "dataset")  # what curation records for these rows
+    manifest = {"schema_version": 1, "content_sha256": content}
+    (data / "manifest.json").write_text(json.dumps(manifest))
 
     def adapter(name: str, **lora: Any) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(base))
@@ -101,7 +104,8 @@ def adapter(world: dict[str, Path], tmp_path: Path) -> Path:
     return Path(shutil.copytree(world["adapter"], tmp_path / "adapter"))
 
 
-def check(world: dict[str, Path], adapter_dir: Path, **kw: Any) -> list[Finding]:
+def check_all(world: dict[str, Path], adapter_dir: Path, **kw: Any) -> list[Finding]:
+    """Every finding, info included (what the leakage check ran against)."""
     args: dict[str, Any] = {
         "base_dir": world["base"],
         "engine_caps": HF,
@@ -111,13 +115,20 @@ def check(world: dict[str, Path], adapter_dir: Path, **kw: Any) -> list[Finding]
     return run_preflight(adapter_dir, **{**args, **kw})
 
 
+def check(world: dict[str, Path], adapter_dir: Path, **kw: Any) -> list[Finding]:
+    """Errors and warnings: the findings that say something is wrong or unchecked."""
+    return [f for f in check_all(world, adapter_dir, **kw) if f.severity != "info"]
+
+
 def reasons(findings: list[Finding]) -> list[str]:
     return [f.reason for f in errors(findings)]
 
 
 def test_good_adapter_passes_with_its_shape_read(world: dict[str, Path], adapter: Path) -> None:
     """A correct adapter on its own base: no findings at all; rank and modules read right."""
-    assert check(world, adapter) == []
+    found = check_all(world, adapter)
+    assert [(f.reason, f.severity) for f in found] == [("leakage_checked", "info")]
+    assert str(world["data"]) in found[0].message and "content sha256" in found[0].message
     info = inspect_adapter(adapter)
     assert (info.rank, info.target_modules, info.peft_type) == (
         8,
@@ -250,15 +261,19 @@ def test_base_mismatch_by_content_hash(world: dict[str, Path], adapter: Path) ->
 
 def test_base_mismatch_by_name_without_provenance(world: dict[str, Path], adapter: Path) -> None:
     """A plain peft adapter is judged by base_model_name_or_path: a hub id whose last part
-    names the served base passes, another name fails; missing provenance is only a warning."""
+    names the served base passes, another name fails. Missing provenance leaves the training
+    data unknown: leakage unchecked is red, a warning only with --allow-unchecked-leakage."""
     (adapter / "qlgate-provenance.json").unlink()
     config_path = adapter / "adapter_config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": "someorg/base"}))
-    found = check(world, adapter)
-    assert errors(found) == [] and [f.reason for f in found] == ["provenance_missing"]
+    assert reasons(check(world, adapter)) == ["leakage_unchecked"]
+    found = check(world, adapter, allow_unchecked_leakage=True)
+    assert errors(found) == []
+    assert [f.reason for f in found] == ["provenance_missing", "leakage_unchecked"]
+    assert "qlgate-provenance.json is absent, so the training data is unknown" in found[1].message
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": "meta/Llama-3-8B"}))
-    assert reasons(check(world, adapter)) == ["base_mismatch"]
+    assert reasons(check(world, adapter)) == ["base_mismatch", "leakage_unchecked"]
 
 
 def test_tokenizer_mismatch_in_the_adapter(world: dict[str, Path], adapter: Path) -> None:
@@ -320,17 +335,19 @@ def test_leakage_names_the_golden_case_and_training_row(
     assert reasons(check(world, adapter, golden_prompts=near, leakage_threshold=0.6)) == ["leakage"]
 
 
-def test_leakage_unchecked_when_the_data_is_elsewhere(
-    world: dict[str, Path], adapter: Path
-) -> None:
-    """Training data absent on this machine (as in CI): a warning, not a silent pass."""
+def test_leakage_unchecked_is_red_unless_allowed(world: dict[str, Path], adapter: Path) -> None:
+    """Training data absent on this machine (as in CI): red, naming the path and the way out;
+    with --allow-unchecked-leakage a warning that says it was allowed."""
     path = adapter / "qlgate-provenance.json"
     record = json.loads(path.read_text())
     record["dataset"]["path"] = "/nowhere/data"
     path.write_text(json.dumps(record))
     found = check(world, adapter, golden_prompts=GOLDEN)
-    assert errors(found) == [] and [f.reason for f in found] == ["leakage_unchecked"]
-    assert "/nowhere/data" in found[0].message
+    assert reasons(found) == ["leakage_unchecked"]
+    assert "/nowhere/data" in found[0].message and "--allow-unchecked-leakage" in found[0].message
+    allowed = check(world, adapter, golden_prompts=GOLDEN, allow_unchecked_leakage=True)
+    assert errors(allowed) == [] and [f.reason for f in allowed] == ["leakage_unchecked"]
+    assert "leakage unchecked (allowed by --allow-unchecked-leakage)" in allowed[0].message
 
 
 def test_bad_provenance(world: dict[str, Path], adapter: Path) -> None:

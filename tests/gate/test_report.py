@@ -185,3 +185,19 @@ def test_summary_survives_an_empty_or_partial_report() -> None:
     assert render_summary({})[0].startswith("qlgate: FAIL")
     empty = build_report(decide([], Thresholds(), Selection(0, 0)), [], {"golden_sha256": None})
     assert any("no cases" in line for line in render_summary(empty))
+
+
+def test_summary_names_what_leakage_and_flip_rates_rest_on() -> None:
+    """The summary states the leakage check's status line and each flip rate's upper bound."""
+    r = _report()
+    status = "checked 3 golden prompt(s) against /d"
+    r["preflight"] = {"ran": True, "findings": [], "leakage": status}
+    r["robustness"] = {
+        "perturbations_per_case": 3, "cases": 4, "max_flip_rate": 0.2, "confidence": 0.95,
+        "overall": {"candidate": {"rate": 2 / 12, "flips": 2, "total": 12, "upper": 0.4841}},
+        "by_slice": {},
+    }  # fmt: skip
+    text = "\n".join(render_summary(r))
+    assert "preflight leakage: checked 3 golden prompt(s) against /d" in text
+    assert "upper = 95% confidence bound; gate: candidate upper <= 0.200" in text
+    assert "overall: - -> 0.167 (2/12, upper 0.484)" in text

@@ -101,8 +101,11 @@ def test_flip_rates_per_slice_and_roles(
     robust = report["robustness"]
     assert robust["perturbations_per_case"] == 3 and robust["cases"] == 4
     assert robust["overall"]["candidate"] == {
-        "rate": 1.0, "flips": 12, "total": 12, "cases": 4, "cases_flipped": 4
+        "rate": 1.0, "flips": 12, "total": 12, "cases": 4, "cases_flipped": 4, "upper": 1.0
     }  # fmt: skip
+    assert robust["confidence"] == 0.95
+    # no flip in 12 baseline answers: 1 - 0.025 ** (1 / 12), the 95% Clopper-Pearson bound
+    assert robust["overall"]["baseline"]["upper"] == pytest.approx(0.2646, abs=1e-4)
     assert robust["overall"]["baseline"]["rate"] == 0.0
     assert robust["by_slice"]["edge"]["candidate"]["total"] == 6
     assert set(robust["by_kind"]) <= {"casing", "whitespace", "punctuation", "typo", "entity"}
@@ -127,6 +130,7 @@ def test_max_flip_rate_turns_the_gate_red_naming_the_slice(
     assert ret == pytest.ExitCode.TESTS_FAILED
     reasons = report["reasons"]
     assert any(r.startswith("robustness overall: candidate flip rate 1.000") for r in reasons)
+    assert any("95% upper bound 1.000, exceeds --max-flip-rate 0.500" in r for r in reasons)
     assert any("robustness slice 'edge'" in r and "baseline 0.000" in r for r in reasons)
     # perturbed answers go through the cache too: a re-run asks the engine nothing
     (brittle_project.path / "calls.txt").unlink()

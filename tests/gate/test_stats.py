@@ -202,3 +202,38 @@ def test_mcnemar_exact_matches_the_binomial() -> None:
     expected_p = 2 * sum(math.comb(12, k) for k in range(3)) / 2**12
     assert test.p_value == pytest.approx(expected_p)
     assert stats.mcnemar_exact([True, False], [True, False]).p_value == 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(ROWS)
+def test_macro_f1_over_expected_averages_only_the_expected_labels(rows: list[Row]) -> None:
+    """over_expected: per-class F1 averaged over the expected labels alone (stray predictions
+    are misses of the true label, not classes of their own); within [0, 1]."""
+    expected = [e for e, _, _ in rows]
+    predicted = [c for _, c, _ in rows]
+    scores = []
+    for k in sorted(set(expected)):
+        tp = sum(e == k and p == k for e, p in zip(expected, predicted, strict=True))
+        fp = sum(e != k and p == k for e, p in zip(expected, predicted, strict=True))
+        fn = sum(e == k and p != k for e, p in zip(expected, predicted, strict=True))
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    value = stats.macro_f1(expected, predicted, over_expected=True)
+    assert value == pytest.approx(sum(scores) / len(scores))
+    assert 0.0 <= value <= 1.0
+
+
+def test_clopper_pearson_is_the_beta_quantile_interval() -> None:
+    """The exact interval: Beta(k, n-k+1) and Beta(k+1, n-k) quantiles at alpha/2, with the
+    closed forms at 0 and n successes; (0, 1) for no trials; bad arguments refused."""
+    from scipy.stats import beta
+
+    low, high = stats.clopper_pearson(2, 12, 0.95)
+    assert low == pytest.approx(beta.ppf(0.025, 2, 11))
+    assert high == pytest.approx(beta.ppf(0.975, 3, 10))
+    assert stats.clopper_pearson(0, 12, 0.95) == pytest.approx((0.0, 1 - 0.025 ** (1 / 12)))
+    assert stats.clopper_pearson(12, 12, 0.9) == pytest.approx((0.05 ** (1 / 12), 1.0))
+    assert stats.clopper_pearson(0, 0, 0.95) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="confidence"):
+        stats.clopper_pearson(1, 2, 1.0)
+    with pytest.raises(ValueError, match="3 successes in 2 trials"):
+        stats.clopper_pearson(3, 2, 0.95)

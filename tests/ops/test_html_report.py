@@ -84,7 +84,48 @@ def test_metrics_table_shows_the_primary_ci(passing_report: dict[str, Any]) -> N
     rows = {r[0]: r for r in metric_rows(passing_report)}
     delta = passing_report["delta"]
     assert rows["macro-F1"][4] == f"95% {delta['ci_low']:+.3f} .. {delta['ci_high']:+.3f}"
-    assert rows["accuracy"][4] == ""
+    assert rows["accuracy (all cases)"][4] == ""  # nothing is gated on it: no interval
+
+
+def _mixed_report() -> dict[str, Any]:
+    """Label cases (one slice expects a single label) beside non-label cases, as decided."""
+    from qlgate_pytest.gate import CaseResult, RoleResult, Selection, Thresholds, decide
+    from qlgate_pytest.report import build_report
+
+    def label(i: int, expected: str, cand: str, base: str) -> CaseResult:
+        def r(p: str) -> RoleResult:
+            return RoleResult(p, p, p == expected, 10.0, 1)
+
+        return CaseResult(f"l{i}", ("only-billing",), False, 1.0, "label", expected, r(cand),
+                          r(base))  # fmt: skip
+
+    def text(i: int, ok: bool) -> CaseResult:
+        role = RoleResult("ok" if ok else "no", None, ok, 10.0, 3)
+        return CaseResult(f"g{i}", ("gen",), False, 1.0, "contains", "ok", role, role)
+
+    cases = [label(i, "billing", "billing", "shipping" if i % 2 else "billing") for i in range(30)]
+    cases += [text(i, i % 3 != 0) for i in range(9)]
+    verdict = decide(cases, Thresholds(resamples=300), Selection(len(cases), len(cases)))
+    return build_report(verdict, cases, {"golden_sha256": "ab" * 32})
+
+
+def test_metrics_table_has_one_interval_per_case_family() -> None:
+    """A mixed set: macro-F1 and pass rate rows each carry their own family's interval, and the
+    slice table names each slice's metric (recall for a one-label slice)."""
+    from qlgate_pytest.html_report import slice_rows
+
+    report = _mixed_report()
+    rows = {r[0]: r for r in metric_rows(report)}
+    fams = report["delta"]["families"]
+    label, rate = fams["label"], fams["pass_rate"]
+    assert rows["macro-F1"][4] == f"95% {label['ci_low']:+.3f} .. {label['ci_high']:+.3f}"
+    assert rows["pass rate"][4] == "95% +0.000 .. +0.000"
+    assert rows["pass rate"][2] == f"{rate['candidate']:.3f}"
+    by_slice = {r[0]: r for r in slice_rows(report)}
+    assert by_slice["only-billing"][1:] == ("recall of 'billing'", "30", "0.500", "1.000")
+    assert by_slice["gen"][1] == "pass rate"
+    page = render_html(report)
+    assert "recall of &#39;billing&#39;" in page and 'id="slice-table"' in page
 
 
 def test_worst_cases_put_must_pass_misses_before_plain_misses(

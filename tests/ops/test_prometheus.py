@@ -86,6 +86,32 @@ def test_missing_metrics_are_absent_not_zero(passing_report: dict[str, Any]) -> 
     assert ("qlgate_macro_f1", (("role", "candidate"),)) in s
 
 
+def test_families_slices_and_flip_bounds_are_exported(passing_report: dict[str, Any]) -> None:
+    """Each family's delta and CI, each slice's own metric (by name) and the flip rate with
+    its upper bound come out as labelled series."""
+    passing_report["delta"]["families"]["pass_rate"] = {
+        "metric": "pass_rate", "n": 3, "candidate": 1.0, "baseline": 0.5, "delta": 0.5,
+        "ci_low": 0.1, "ci_high": 0.9,
+    }  # fmt: skip
+    passing_report["robustness"] = {
+        "overall": {"candidate": {"rate": 2 / 12, "upper": 0.484, "flips": 2, "total": 12}},
+        "by_slice": {"core": {"baseline": {"rate": 0.0, "upper": 0.6}}},
+    }
+    s = _samples(render_prometheus(passing_report))
+    label = passing_report["delta"]["families"]["label"]
+    key = (("family", "label"), ("metric", "macro_f1"), ("value", "ci_low"))
+    assert s[("qlgate_family_delta", key)] == pytest.approx(label["ci_low"])
+    key = (("family", "pass_rate"), ("metric", "pass_rate"), ("value", "ci_high"))
+    assert s[("qlgate_family_delta", key)] == 0.9
+    core = passing_report["metrics"]["candidate"]["per_slice"]["core"]
+    key = (("metric", core["metric"]), ("role", "candidate"), ("slice", "core"))
+    assert s[("qlgate_slice_value", key)] == pytest.approx(core["value"])
+    key = (("bound", "upper"), ("role", "candidate"), ("scope", "overall"))
+    assert s[("qlgate_flip_rate", key)] == 0.484
+    key = (("bound", "upper"), ("role", "baseline"), ("scope", "slice:core"))
+    assert s[("qlgate_flip_rate", key)] == 0.6
+
+
 def test_write_replaces_the_file_atomically(tmp_path: Path, passing_report: dict[str, Any]) -> None:
     """Writing leaves exactly one complete *.prom file, readable by other users."""
     path = tmp_path / "textfile" / "qlgate.prom"
