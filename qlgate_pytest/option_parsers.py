@@ -122,8 +122,22 @@ def parse_adapter_dir(path: Path) -> Path:
 
 
 def parse_report_path(path: Path) -> Path:
-    if path.exists() and path.is_dir():
-        raise ValueError("is a directory; give a file path")
+    """A file the gate may replace: absent, or a regular file that is not a link.
+
+    A report is replaced by a rename, so a symlink would be swapped for a file (and a link to
+    a device or another project's file is never what a user means), and a device node or FIFO
+    cannot be replaced at all: each is refused before the run, not discovered after it.
+    """
+    if path.is_symlink():
+        raise ValueError("is a symbolic link; give the path of a regular file")
+    if path.exists():
+        if path.is_dir():
+            raise ValueError("is a directory; give a file path")
+        if not path.is_file():
+            raise ValueError("is not a regular file (a device, FIFO or socket); give a file path")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"its folder {parent} is not a directory")
     return path
 
 

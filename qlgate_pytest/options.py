@@ -81,6 +81,12 @@ BASE_MODEL = OptionSpec("base_model", "--base-model", "base model spec ('embedde
 ENGINE = OptionSpec("engine", "--engine", "engine that runs the model (default: hf)", "NAME")
 GOLDEN = OptionSpec("golden", "--golden", "golden case directory or file (default: golden/)",
                     "PATH")
+GOLDEN_LOCK = OptionSpec("golden_lock", "--golden-lock", "the golden-set lock the golden set must "
+                         "match (default: golden.lock in the golden directory; written by "
+                         "python -m qlgate_pytest lock-golden)", "PATH")
+ALLOW_UNLOCKED_GOLDEN = OptionSpec("allow_unlocked_golden", "--allow-unlocked-golden", "let a "
+                                   "golden set without a lock file run (an existing lock is "
+                                   "still checked)", flag_only=True)
 MIN_F1_GAIN = OptionSpec("min_f1_gain", "--min-f1-gain", "the CI lower bound of candidate - "
                          "baseline macro-F1 must be strictly above this (default 0.0: shown "
                          "better; negative: non-inferiority)", "X")
@@ -145,6 +151,15 @@ MAX_FLIP_RATE = OptionSpec("max_flip_rate", "--max-flip-rate", "with --perturb: 
                            "X")
 REQUEST_TIMEOUT = OptionSpec("request_timeout", "--request-timeout", "per-request deadline in "
                              "seconds; a request over it is an error (default: none)", "S")
+ALLOW_UNCHECKED_LEAKAGE = OptionSpec("allow_unchecked_leakage", "--allow-unchecked-leakage",
+                                     "preflight: let the gate pass when the training data named "
+                                     "in the provenance cannot be found or is not the data "
+                                     "trained on (leakage unchecked; a warning, not red)",
+                                     flag_only=True)
+MAX_PASS_RATE_DROP = OptionSpec("max_pass_rate_drop", "--max-pass-rate-drop", "non-label cases "
+                                "beside label cases: the CI lower bound of candidate - baseline "
+                                "pass rate must be above minus this (default 0.05; 0: shown "
+                                "better)", "X")
 
 OPTIONS: tuple[OptionSpec, ...] = (
     CANDIDATE, BASELINE, BASE_MODEL, ENGINE, GOLDEN, MIN_F1_GAIN, CONFIDENCE, MAX_P99_MS,
@@ -152,6 +167,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     TRAIN_CONFIG, BATCH_SIZE, DEVICE, DTYPE, SEED, LEAKAGE_THRESHOLD, NO_GEN_CACHE,
     CLEAR_GEN_CACHE, GEN_CACHE_DIR, PERTURB, MAX_FLIP_RATE, REQUEST_TIMEOUT, MAX_BATCH_TOKENS,
     MERGE, ENDPOINT, SERVED_MODEL, BASELINE_MODEL, MIN_F1,
+    GOLDEN_LOCK, ALLOW_UNLOCKED_GOLDEN,
+    ALLOW_UNCHECKED_LEAKAGE, MAX_PASS_RATE_DROP,
 )
 # fmt: on
 BY_KEY: Mapping[str, OptionSpec] = {o.key: o for o in OPTIONS}
@@ -192,6 +209,8 @@ class GateOptions:
     base_model: str | None = None
     engine: str = "hf"
     golden: Path = Path("golden")
+    golden_lock: Path | None = None  # None: golden_lock.lock_path_for(golden)
+    allow_unlocked_golden: bool = False
     min_f1_gain: float = 0.0
     confidence: float = 0.95
     max_p99_ms: float | None = None
@@ -220,6 +239,8 @@ class GateOptions:
     served_model: str | None = None
     baseline_model: str | None = None
     min_f1: float | None = None
+    allow_unchecked_leakage: bool = False
+    max_pass_rate_drop: float = 0.05  # qlgate_pytest.gate.Thresholds.max_pass_rate_drop
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -409,6 +430,8 @@ def _convert(spec: OptionSpec, raw: _Raw) -> object:
         "base_model": lambda: parse_base_model(str(_path(raw)) if _path(raw).exists() else text),
         "engine": lambda: parse_engine(text),
         "golden": lambda: parse_existing(_path(raw)),
+        "golden_lock": lambda: _path(raw),
+        "allow_unlocked_golden": lambda: parse_bool(text),
         "min_f1_gain": lambda: parse_min_f1_gain(text),
         "confidence": lambda: parse_confidence(text),
         "max_p99_ms": lambda: parse_max_p99_ms(text),
@@ -437,5 +460,7 @@ def _convert(spec: OptionSpec, raw: _Raw) -> object:
         "served_model": lambda: parse_name(text),
         "baseline_model": lambda: parse_name(text),
         "min_f1": lambda: parse_float(text, low=0.0, high=1.0),
+        "allow_unchecked_leakage": lambda: parse_bool(text),
+        "max_pass_rate_drop": lambda: parse_float(text, low=0.0, high=1.0),
     }
     return converters[spec.key]()

@@ -143,6 +143,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from qlgate_pytest.session import GATE_KEY, GateSession
 
     gate = GateSession(config, options)
+    if not gate.is_worker:
+        _discard_stale_reports(options)
     config.stash[GATE_KEY] = gate
     # Registered as a plugin object so its pytest_runtest_logreport sees every report.
     config.pluginmanager.register(gate, "qlgate-session")
@@ -150,6 +152,52 @@ def pytest_configure(config: pytest.Config) -> None:
         # A gate run collects the golden set, not the project's testpaths.
         config.args = [str(options.golden)]
         config.args_source = pytest.Config.ArgsSource.ARGS
+
+
+_FORGERY_SEEN = pytest.StashKey[bool]()
+
+
+def _discard_stale_reports(options: GateOptions) -> None:
+    """Remove the reports a previous run left at this run's paths, before anything else runs.
+
+    A run killed before it writes (SIGTERM, OOM, a CI timeout) would otherwise leave the last
+    candidate's ``passed: true`` at the path a CI step reads next: a stale green.
+    """
+    from qlgate_pytest.report_writers import discard_existing
+
+    problem = discard_existing(options)
+    if problem is not None:
+        raise pytest.UsageError(f"qlgate: {problem}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Where items run: refuse qlgate's result properties on any other item (``item_guard``),
+    and send this process's engine and cache counters with every item's teardown, so requests
+    a golden Python test makes through ``qlgate_engine`` are counted too."""
+    report = yield
+    gate = _gate(item.config)
+    if gate is None:
+        return report
+    from qlgate_pytest.collect import GoldenItem
+    from qlgate_pytest.item_guard import forgery_message, reserved_keys
+    from qlgate_pytest.run_extras import RUN_PROPERTY
+
+    if not isinstance(item, GoldenItem):
+        forged = reserved_keys(report.user_properties)
+        if forged:
+            report.user_properties = [
+                (k, v) for k, v in report.user_properties if k not in set(forged)
+            ]
+            if not item.stash.get(_FORGERY_SEEN, False):  # one failure per item, not per phase
+                item.stash[_FORGERY_SEEN] = True
+                report.outcome = "failed"
+                report.longrepr = forgery_message(item.nodeid, forged)
+    if report.when == "teardown":
+        report.user_properties.append((RUN_PROPERTY, gate.run_stats()))
+    return report
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -331,6 +379,13 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
 ) -> None:
     gate = _gate(config)
+    if gate is not None and config.option.collectonly and not gate.is_worker:
+        terminalreporter.write_sep("=", "qlgate gate")
+        terminalreporter.write_line(
+            "qlgate: --collect-only: the gate did not run; there is no verdict and no report "
+            "was written (the exit status says nothing about the candidate)"
+        )
+        return
     if gate is None or gate.report is None:
         return
     try:

@@ -59,3 +59,16 @@ def write_reports(report: Mapping[str, Any], options: GateOptions) -> str | None
         except (OSError, ValueError, QlgateError) as exc:
             return f"cannot write the gate report {path}: {exc}"
     return None
+
+
+def discard_existing(options: GateOptions) -> str | None:
+    """Remove every report file this run will write, before it starts; the error text if one
+    cannot be removed (the run must not start while a stale verdict stays readable)."""
+    for path, _ in writers(options):
+        if path is None:
+            continue
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            return f"cannot remove the previous report {path} before the run: {exc.strerror}"
+    return None

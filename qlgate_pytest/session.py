@@ -31,7 +31,7 @@ from qlgate_pytest.session_items import ItemSide
 
 if TYPE_CHECKING:
     # pydantic models: imported when the gate is active, never by an inert plugin.
-    from qlgate_pytest.cases import GoldenSet
+    from qlgate_pytest.cases import GoldenCase, GoldenSet
     from qlgate_pytest.gen_cache import GenCache
     from qlgate_pytest.lazy_engine import LazyEngine
     from qlgate_pytest.perturb import RobustnessCase
@@ -69,6 +69,8 @@ class GateSession(ItemSide):
         self._base: BaseModelChoice | None = None
         self._outcomes: dict[str, Any] = {}  # case id -> CaseResult, computed here
         self.reported: dict[str, Any] = {}  # case id -> CaseResult, from reports
+        self._case_index: dict[str, GoldenCase] | None = None
+        self._reported_by: dict[str, tuple[str, str]] = {}  # case id -> (node id, payload)
         self.other_failures: list[str] = []
         self.session_errors: list[str] = []
         self.selected_ids: set[str] | None = None
@@ -104,7 +106,14 @@ class GateSession(ItemSide):
         payloads = [v for k, v in report.user_properties if k == CASE_PROPERTY]
         for payload in payloads:
             result = case_result_from_json(str(payload))
+            if self._reported_by.get(result.case_id) == (report.nodeid, str(payload)):
+                continue  # the same item's later phase (teardown) repeats its properties
+            problem = self._foreign_result(report.nodeid, result)
+            if problem is not None:
+                self.note_session_error(problem)
+                continue
             self.reported[result.case_id] = result
+            self._reported_by[result.case_id] = (report.nodeid, str(payload))
         for key, value in report.user_properties:
             if key == ROBUSTNESS_PROPERTY:
                 row = robustness_case_from_json(str(value))
@@ -114,6 +123,31 @@ class GateSession(ItemSide):
                 self.worker_stats[str(stats.get("worker"))] = stats
         if report.failed and not payloads:
             self.other_failures.append(f"{report.nodeid} failed ({report.when}){_why(report)}")
+
+    def _foreign_result(self, nodeid: str, result: Any) -> str | None:
+        """Why a reported case result is not taken (see ``item_guard``); None: it is."""
+        from qlgate_pytest.item_guard import case_item_mismatch
+
+        case = self._cases_by_id().get(result.case_id)
+        where = None
+        if case is not None:
+            where = next((f for f, cases in self.golden().files.items() if case in cases), None)
+        problem = case_item_mismatch(nodeid, result.case_id, where)
+        if problem is None and case is not None:
+            claimed = (result.must_pass, tuple(result.tags), result.weight)
+            if claimed != (case.must_pass, tuple(case.tags), case.weight):
+                problem = (
+                    f"{nodeid} reported case {case.id} with must_pass/tags/weight {claimed}, "
+                    f"but its golden file says {(case.must_pass, tuple(case.tags), case.weight)}"
+                )
+        if problem is None and result.case_id in self.reported:
+            problem = f"case {result.case_id} was reported twice (again by {nodeid})"
+        return None if problem is None else f"forged or duplicate case result: {problem}"
+
+    def _cases_by_id(self) -> dict[str, GoldenCase]:
+        if self._case_index is None:
+            self._case_index = {c.id: c for c in self.golden().cases}
+        return self._case_index
 
     def decide(self, session: pytest.Session, interrupted: str | None = None) -> Any:
         """The verdict over everything reported, and the report dict (kept on ``self``)."""
@@ -134,6 +168,7 @@ class GateSession(ItemSide):
         thresholds = Thresholds(
             min_f1_gain=opts.min_f1_gain,
             confidence=opts.confidence,
+            max_pass_rate_drop=opts.max_pass_rate_drop,
             max_p99_ms=opts.max_p99_ms,
             max_slice_drop=opts.max_slice_drop,
             min_f1=opts.min_f1,
@@ -161,7 +196,8 @@ class GateSession(ItemSide):
 
         rows = self.reported_robustness or self.robustness
         kept = [rows[cid] for cid in sorted(rows) if cid in selected or not selected]
-        return robustness_section(kept, self.options.perturb, self.options.max_flip_rate)
+        opts = self.options
+        return robustness_section(kept, opts.perturb, opts.max_flip_rate, opts.confidence)
 
     def extras(self, robustness: dict[str, Any] | None) -> dict[str, Any]:
         """Report sections beside the verdict (see ``run_extras.py``)."""
@@ -187,8 +223,16 @@ class GateSession(ItemSide):
         }
 
     def meta(self, session: pytest.Session) -> dict[str, Any]:
+        from qlgate_pytest.adapter_record import adapter_records
+
         golden = self.golden()
         base = self._base
+        engine = self._engine_describe()
+        baseline = self.options.baseline
+        roles = {
+            "candidate": self._candidate,
+            "baseline": baseline.path if baseline.kind == "adapter" else None,
+        }
         return {
             "golden_sha256": golden.sha256,
             "golden": {"path": str(golden.root), "files": [str(p) for p in golden.files]},
@@ -197,7 +241,9 @@ class GateSession(ItemSide):
             "base_model": None
             if base is None
             else {"spec": base.spec, "path": str(base.path), "reason": base.reason},
-            "engine": self._engine_describe(),
+            # Every engine's adapter identity (config + weights + ...): what deploy checks.
+            "adapters": adapter_records(roles, engine),
+            "engine": engine,
             "options": self.options.public(),
             "pytest": {
                 "version": pytest.__version__,

@@ -56,17 +56,24 @@ class ItemSide:
     def golden(self) -> GoldenSet:
         if self._golden is None:
             from qlgate_pytest.cases import load_golden_set
+            from qlgate_pytest.golden_lock import lock_path_for
 
-            self._golden = load_golden_set(self.options.golden)
+            opts = self.options
+            # Checked against its lock (red on any difference; golden_lock.py), whole even
+            # when -k selects a part.
+            self._golden = load_golden_set(
+                opts.golden,
+                lock=lock_path_for(opts.golden, opts.golden_lock),
+                allow_unlocked=opts.allow_unlocked_golden,
+            )
+            for note in self._golden.notes:
+                self._log(note)
         return self._golden
 
     def is_case_file(self, path: Path) -> bool:
-        from qlgate_pytest.cases import CASE_SUFFIXES
+        from qlgate_pytest.golden_tree import is_case_path
 
-        root = self.options.golden
-        if path.suffix not in CASE_SUFFIXES:
-            return False
-        return path == root or (root.is_dir() and path.is_relative_to(root))
+        return is_case_path(self.options.golden, path)
 
     def register_tags(self) -> None:
         """Declare every tag as a marker so ``--strict-markers`` accepts the case items."""
@@ -146,8 +153,11 @@ class ItemSide:
         method of it); preflight problems refuse it like they refuse generation."""
         if self.blockers():
             raise QlgateError("not loaded: preflight failed: " + "; ".join(self.blockers()))
+        from qlgate_pytest.lazy_engine import CountedEngine
+
         try:
-            return self.engine().engine()
+            lazy = self.engine()
+            return CountedEngine(lazy, lazy.engine())
         except QlgateError:
             raise
         except Exception as exc:

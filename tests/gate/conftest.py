@@ -35,6 +35,7 @@ _INNER_RUN_IMPORTS = (
     "numpy", "scipy.stats", "pydantic", "yaml", "jsonschema", "filelock",
     "qlgate_pytest.gate", "qlgate_pytest.report", "qlgate_pytest.scoring", "qlgate_pytest.stats",
     "qlgate_pytest.cases", "qlgate_pytest.session", "qlgate_pytest.collect",
+    "qlgate_pytest.golden_lock", "qlgate_pytest.golden_tree",
     "qlgate_pytest.driver", "qlgate_pytest.fixtures", "qlgate_pytest.harness_train",
     "safetensors", "safetensors.numpy", "qlgate_pytest.preflight", "qlgate_pytest.leakage",
     "qlgate_pytest.perturb", "qlgate_pytest.gen_cache", "qlgate_pytest.gate_cache",
@@ -144,7 +145,24 @@ def write_golden(root: Path, cases: Sequence[dict[str, Any]], name: str = "cases
     }
     path = golden / name
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    lock_golden(root)
     return path
+
+
+def lock_golden(root: Path) -> Path:
+    """(Re)write ``root/golden/golden.lock`` for the files there now, as ``lock-golden`` does.
+
+    A gate run is red when its golden set differs from the lock, so every helper that writes
+    golden files for a test that expects a matching set calls this last. Unlike the command it
+    also locks a broken file (as unreadable), for tests of broken sets.
+    """
+    from qlgate_pytest.cases import load_golden_set
+    from qlgate_pytest.golden_lock import LOCK_NAME, write_lock
+
+    golden = root / "golden"
+    lock = golden / LOCK_NAME
+    write_lock(load_golden_set(golden).current_lock(), lock)
+    return lock
 
 
 PLUMBING_CASES = [
@@ -177,6 +195,12 @@ def golden_writer() -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
+def golden_locker() -> Callable[[Path], Path]:
+    """``lock(root)``: rewrite ``root/golden/golden.lock`` after a test wrote golden files."""
+    return lock_golden
+
+
+@pytest.fixture(scope="session")
 def held_out_cases() -> list[dict[str, Any]]:
     """Twelve held-out sample tickets (three per label) as label cases."""
     tickets = sample_tickets(6, 3).held_out
@@ -203,12 +227,17 @@ def wide_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+STRICT_INI = '[tool.pytest.ini_options]\ntestpaths = ["tests"]\njunit_family = "xunit1"\n'
+# The plumbing adapters are built directly with peft and carry no provenance, so no training data
+# is known and the leakage check (red by default) cannot run: these projects accept that, as a
+# user would with --allow-unchecked-leakage. Tests of that check rewrite it with STRICT_INI.
+PLUMBING_INI = STRICT_INI + "qlgate_allow_unchecked_leakage = true\n"
+
+
 @pytest.fixture
 def gate_project(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester project with the plumbing golden set and the repo's pytest settings."""
-    pytester.makepyprojecttoml(
-        '[tool.pytest.ini_options]\ntestpaths = ["tests"]\njunit_family = "xunit1"\n'
-    )
+    pytester.makepyprojecttoml(PLUMBING_INI)
     (pytester.path / "tests").mkdir()
     (pytester.path / "tests" / "test_project.py").write_text(
         "def test_project_test():\n    assert True\n", encoding="utf-8"

@@ -277,6 +277,7 @@ def test_options_from_ini_and_env_reach_the_gate(
     gate_project.makepyprojecttoml(
         "[tool.pytest.ini_options]\njunit_family = 'xunit1'\n"
         "qlgate_min_f1_gain = '-1.0'\nqlgate_gate_report = 'from-ini.json'\n"
+        "qlgate_allow_unchecked_leakage = true\n"  # the plumbing adapter has no provenance
     )
     monkeypatch.setenv("QLGATE_CANDIDATE", str(tiny_adapters.perturbed))
     monkeypatch.setenv("QLGATE_BATCH_SIZE", "2")
