@@ -112,6 +112,11 @@ def main() -> None:
     (golden / "banking77.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
 
     py = sys.executable
+    # A gate runs only against a locked golden set (golden/golden.lock); this one is new.
+    subprocess.check_call(
+        [py, "-m", "qlgate_pytest", "lock-golden", "--golden", str(golden)],
+        stdout=subprocess.DEVNULL,
+    )
     data_dir, adapter = args.work / "data", args.work / "adapter"
     report = args.work / "gate-report.json"
     for stale in (data_dir, adapter):
