@@ -99,7 +99,7 @@ test-long: $(STAMP)
 	QLGATE_HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest tests -m "not slow" -n 2
 
 lint: $(STAMP)
-	$(BIN)/ruff check qlgate_pytest training tests bench
+	$(BIN)/ruff check qlgate_core qlgate_pytest training tests bench conftest.py
 	$(BIN)/mypy
 
 clean:

@@ -74,7 +74,7 @@ class Row:
 
 def build_cases(n: int) -> tuple[list[RankRequest], list[str]]:
     """``n`` distinct rank requests from the golden set, and their expected labels."""
-    from qlgate_pytest.cases import load_golden_set
+    from qlgate_core.cases import load_golden_set
     from qlgate_pytest.driver import rank_request
 
     golden = [c for c in load_golden_set(ROOT / "golden").cases if c.effective_mode == "rank"]
@@ -172,7 +172,7 @@ class Naive:
         self.start_s = time.perf_counter() - started
 
     def rank(self, role: Role, requests: Sequence[RankRequest]) -> tuple[float, list[str]]:
-        from qlgate_pytest.scoring import normalize_label
+        from qlgate_core.scoring import normalize_label
 
         picked = []
         began = time.perf_counter()

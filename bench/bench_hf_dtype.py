@@ -50,7 +50,7 @@ def main() -> int:
 
     import torch
 
-    from qlgate_pytest.cases import load_golden
+    from qlgate_core.cases import load_golden
     from qlgate_pytest.driver import generate_request, rank_request
     from qlgate_pytest.engines.base import EngineConfig, GenerateRequest
     from qlgate_pytest.engines.hf import HFEngine

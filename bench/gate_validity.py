@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from scipy.stats import norm
 
-from qlgate_pytest import stats
+from qlgate_core import stats
 from qlgate_pytest.gate import (
     CaseResult,
     RoleResult,

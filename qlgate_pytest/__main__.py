@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from qlgate_pytest.errors import QlgateError
-from qlgate_pytest.extras import as_missing_extra
+from qlgate_core.errors import QlgateError
+from qlgate_core.extras import as_missing_extra
 
 # command -> (module, one-line help). Add a command by adding a line here.
 COMMANDS: dict[str, tuple[str, str]] = {

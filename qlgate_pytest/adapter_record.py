@@ -2,7 +2,7 @@
 reads them back.
 
 Each role with an adapter directory gets ``{path, sha256, scheme, files}``: the identity of
-``training/adapter_identity.py`` (config, weights and every other file an engine reads), the same
+``qlgate_core/adapter_identity.py`` (config, weights and every other file an engine reads), the same
 for every engine, computed from the files whether or not the engine was loaded (a fully cached
 run loads none). When the engine did load, its ``describe()`` says which identity it loaded
 (``adapter_sha256``); if the files hash differently now, they changed during the run and the

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qlgate_pytest.atomic import atomic_path
-from qlgate_pytest.errors import ReportError
+from qlgate_core.atomic import atomic_path
+from qlgate_core.errors import ReportError
 
 if TYPE_CHECKING:
     import pandas as pd

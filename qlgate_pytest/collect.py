@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from qlgate_pytest.cases import GoldenCase
+from qlgate_core.cases import GoldenCase
 from qlgate_pytest.session import CASE_PROPERTY, GATE_KEY
 
 

@@ -5,7 +5,7 @@ A report is refused when it did not pass, when it does not record its adapter's 
 adapter that cannot be re-identified cannot be shown to be the approved one), when the adapter's
 files now differ (retrained, reconfigured or replaced since the gate: stale; the refusal names
 the files), or when reports for one server disagree on the base model. The identity is
-``training/adapter_identity.py``'s: ``adapter_config.json`` and every other file an engine reads,
+``qlgate_core/adapter_identity.py``'s: ``adapter_config.json`` and every other file an engine reads,
 recorded the same for every engine under ``run.adapters.candidate`` (``adapter_record.py``).
 Multi-LoRA sizing comes from the adapters themselves:
 ``--max-loras`` is the number of adapters, ``--max-lora-rank`` the smallest vLLM rank that fits
@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qlgate_pytest.errors import ReportError
-from training.adapter_identity import (
+from qlgate_core.adapter_identity import (
     SCHEME,
     AdapterIdentity,
     AdapterIdentityError,
     adapter_identity,
 )
+from qlgate_core.errors import ReportError
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # vLLM worker extension that loads qlgate's verified CPU LoRA fix (engines/vllm_patch.py); named
@@ -48,7 +48,7 @@ class ApprovedAdapter:
     name: str
     path: Path
     rank: int
-    sha256: str  # training.adapter_identity: config, weights and every file an engine reads
+    sha256: str  # qlgate_core.adapter_identity: config, weights and every file an engine reads
     report: Path
     base_model: str
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qlgate_pytest.atomic import write_text_atomic
+from qlgate_core.atomic import write_text_atomic
 from qlgate_pytest.deploy import CPU_LORA_FIX, approve, serve_config
 from qlgate_pytest.report import load_report
 

@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from qlgate_pytest import scoring
-from qlgate_pytest.cases import GoldenCase
+from qlgate_core import scoring
+from qlgate_core.cases import GoldenCase
 from qlgate_pytest.engines.base import (
     Engine,
     GenerateRequest,

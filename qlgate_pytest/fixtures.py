@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from qlgate_pytest.errors import QlgateError
+from qlgate_core.errors import QlgateError
 from qlgate_pytest.session import GATE_KEY, GateSession
 
 INACTIVE = "qlgate gate inactive: pass --candidate=DIR or --train-data=DIR"

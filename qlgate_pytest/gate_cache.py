@@ -3,7 +3,7 @@
 
 Everything a key needs is known before the engine is loaded: content hashes of the base weights,
 each role's adapter identity (``adapter_config.json``, weights and every other file an engine
-reads: ``training/adapter_identity.py``) and the tokenizer + chat template, the engine's name,
+reads: ``qlgate_core/adapter_identity.py``) and the tokenizer + chat template, the engine's name,
 factory and library versions, and the decoding settings. That is what lets a fully cached run
 skip loading the model (``lazy_engine.py``). The cache never fails a gate: if an identity cannot
 be computed, the run proceeds uncached and the report says why.
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from qlgate_core.fingerprint import TOKENIZER_FILES, sha256_json
 from qlgate_pytest.gen_cache import (
     DEFAULT_ROOT,
     NO_ADAPTER,
@@ -29,7 +30,6 @@ from qlgate_pytest.gen_cache import (
     tokenizer_template_hash,
     weights_hash,
 )
-from training.fingerprint import TOKENIZER_FILES, sha256_json
 
 if TYPE_CHECKING:
     from qlgate_pytest.engines.base import EngineConfig

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qlgate_pytest import stats
+from qlgate_core import stats
 
 if TYPE_CHECKING:
     from qlgate_pytest.gate import CaseResult, RoleResult, Thresholds

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from training.adapter_identity import AdapterIdentity, adapter_identity, identity_files
-from training.fingerprint import (
+from qlgate_core.adapter_identity import AdapterIdentity, adapter_identity, identity_files
+from qlgate_core.fingerprint import (
     TOKENIZER_FILES,
     WEIGHT_SUFFIXES,
     chat_template_sha256,
@@ -80,14 +80,14 @@ def _memoised(
 
 
 def weights_hash(model_dir: Path) -> str:
-    """``training.fingerprint.weights_sha256`` of a model directory, memoised (an adapter's
+    """``qlgate_core.fingerprint.weights_sha256`` of a model directory, memoised (an adapter's
     identity is :func:`adapter_hash`: its config changes the computation as much as weights)."""
     names = [p.name for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     return _memoised("weights", model_dir, names, weights_sha256)
 
 
 def adapter_hash(adapter_dir: Path) -> AdapterIdentity:
-    """``training.adapter_identity.adapter_identity`` of an adapter directory, memoised: every
+    """``qlgate_core.adapter_identity.adapter_identity`` of an adapter directory, memoised: every
     file that changes what an engine computes (config, weights, tokenizer, template, unknown
     files), so an edited ``adapter_config.json`` is a different adapter to the cache."""
     return _memoised("adapter", adapter_dir, identity_files(adapter_dir), adapter_identity)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qlgate_pytest.errors import QlgateError
-from qlgate_pytest.golden_lock import (
+from qlgate_core.errors import QlgateError
+from qlgate_core.golden_lock import (
     Difference,
     GoldenLock,
     LockFileError,
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qlgate_pytest.cases import load_golden_set
+    from qlgate_core.cases import load_golden_set
 
     golden: Path = args.golden
     if not golden.exists():

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from training.fingerprint import sha256_file, sha256_files, sha256_json
+from qlgate_core.fingerprint import sha256_file, sha256_files, sha256_json
 
 PROVENANCE = "qlgate-provenance.json"
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from qlgate_core.atomic import write_text_atomic
 from qlgate_pytest import plots
-from qlgate_pytest.atomic import write_text_atomic
 
 ROLES = ("baseline", "candidate")
 NONE_LABEL = "(none)"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from qlgate_pytest.errors import OptionError
+from qlgate_core.errors import OptionError
 
 
 def parse_float(

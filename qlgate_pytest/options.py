@@ -2,7 +2,7 @@
 
 Every option is settable three ways, resolved once with the precedence
 command line > environment (``QLGATE_<NAME>``) > ini (``qlgate_<name>``) > default.
-A bad value raises :class:`~qlgate_pytest.errors.OptionError` naming the option, the value and
+A bad value raises :class:`~qlgate_core.errors.OptionError` naming the option, the value and
 where it came from; the plugin turns that into ``pytest.UsageError`` (exit 4).
 
 Relative paths resolve against the invocation directory when they come from the command line
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from qlgate_pytest.errors import OptionError
+from qlgate_core.errors import OptionError
 from qlgate_pytest.option_parsers import (
     parse_adapter_dir,
     parse_base_model,

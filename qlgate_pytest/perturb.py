@@ -274,7 +274,7 @@ class FlipRate:
         the highest rate these observations cannot rule out. It treats perturbed answers as
         independent; perturbations of one case share its difficulty, so a few cases with many
         perturbations each understate the bound's true width (``cases`` says how many)."""
-        from qlgate_pytest.stats import clopper_pearson
+        from qlgate_core.stats import clopper_pearson
 
         return clopper_pearson(self.flips, self.total, confidence)[1]
 

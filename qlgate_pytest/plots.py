@@ -24,7 +24,7 @@ def _figure(width: float, height: float) -> Figure:
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        from qlgate_pytest.errors import ReportError
+        from qlgate_core.errors import ReportError
 
         raise ReportError(f"the HTML report's plots need matplotlib: {_INSTALL}") from exc
     return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")

@@ -40,14 +40,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from qlgate_pytest.errors import OptionError
+from qlgate_core.errors import OptionError
 from qlgate_pytest.options import GROUP, OPTIONS, GateOptions, resolve_options
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from qlgate_pytest.cases import GoldenCase
+    from qlgate_core.cases import GoldenCase
     from qlgate_pytest.driver import GenerationCache
     from qlgate_pytest.engines.base import EngineConfig
     from qlgate_pytest.session import GateSession

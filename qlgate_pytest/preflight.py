@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from qlgate_pytest.errors import PreflightError
+from qlgate_core.errors import PreflightError
+from qlgate_core.fingerprint import chat_template_sha256, read_chat_template, tokenizer_sha256
 from qlgate_pytest.gen_cache import weights_hash
 from qlgate_pytest.leakage import DEFAULT_THRESHOLD, near_duplicates
-from training.fingerprint import chat_template_sha256, read_chat_template, tokenizer_sha256
 
 ADAPTER_CONFIG = "adapter_config.json"
 PROVENANCE = "qlgate-provenance.json"

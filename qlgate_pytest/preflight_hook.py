@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from qlgate_pytest.cases import GoldenCase
+    from qlgate_core.cases import GoldenCase
     from qlgate_pytest.preflight import EngineCaps, Finding
 
 
 def engine_caps(name: str) -> EngineCaps:
     """The ``EngineCaps`` the engine's factory declares (see the module docstring)."""
+    from qlgate_core.errors import QlgateError
     from qlgate_pytest.engines.registry import get_engine_factory
-    from qlgate_pytest.errors import QlgateError
     from qlgate_pytest.preflight import EngineCaps
 
     try:

@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from qlgate_pytest.atomic import write_text_atomic
+from qlgate_core.atomic import write_text_atomic
 
 ROLES = ("candidate", "baseline")
 QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from qlgate_pytest.errors import ReportError
+from qlgate_core.errors import ReportError
 from qlgate_pytest.gate import RoleResult
 from qlgate_pytest.summary import render_summary
 

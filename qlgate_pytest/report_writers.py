@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from qlgate_pytest.errors import QlgateError
+from qlgate_core.errors import QlgateError
 from qlgate_pytest.options import GateOptions
 
 Writer = Callable[[Mapping[str, Any], Path], None]

@@ -19,8 +19,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from qlgate_core.errors import OptionError, ReportError
 from qlgate_pytest import roi
-from qlgate_pytest.errors import OptionError, ReportError
 
 PROVENANCE = "qlgate-provenance.json"
 

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from qlgate_core.errors import ReportError
 from qlgate_pytest.base_model import BaseModelChoice
 from qlgate_pytest.engines.base import EngineConfig
-from qlgate_pytest.errors import ReportError
 from qlgate_pytest.options import GateOptions
 from qlgate_pytest.session_items import ItemSide
 
 if TYPE_CHECKING:
     # pydantic models: imported when the gate is active, never by an inert plugin.
-    from qlgate_pytest.cases import GoldenCase, GoldenSet
+    from qlgate_core.cases import GoldenCase, GoldenSet
     from qlgate_pytest.gen_cache import GenCache
     from qlgate_pytest.lazy_engine import LazyEngine
     from qlgate_pytest.perturb import RobustnessCase

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from qlgate_core.errors import QlgateError, ReportError
 from qlgate_pytest.base_model import BaseModelChoice, base_model_for
 from qlgate_pytest.engines.base import Engine, EngineConfig, Role
-from qlgate_pytest.errors import QlgateError, ReportError
 from qlgate_pytest.options import GateOptions
 
 if TYPE_CHECKING:
-    from qlgate_pytest.cases import GoldenCase, GoldenSet
+    from qlgate_core.cases import GoldenCase, GoldenSet
     from qlgate_pytest.gen_cache import GenCache
     from qlgate_pytest.lazy_engine import LazyEngine
     from qlgate_pytest.perturb import RobustnessCase
@@ -55,8 +55,8 @@ class ItemSide:
 
     def golden(self) -> GoldenSet:
         if self._golden is None:
-            from qlgate_pytest.cases import load_golden_set
-            from qlgate_pytest.golden_lock import lock_path_for
+            from qlgate_core.cases import load_golden_set
+            from qlgate_core.golden_lock import lock_path_for
 
             opts = self.options
             # Checked against its lock (red on any difference; golden_lock.py), whole even
@@ -71,7 +71,7 @@ class ItemSide:
         return self._golden
 
     def is_case_file(self, path: Path) -> bool:
-        from qlgate_pytest.golden_tree import is_case_path
+        from qlgate_core.golden_tree import is_case_path
 
         return is_case_path(self.options.golden, path)
 
@@ -192,8 +192,8 @@ class ItemSide:
         return self._engine_config
 
     def _lazy_engine(self) -> LazyEngine:
+        from qlgate_core.errors import EngineError
         from qlgate_pytest.engines.registry import get_engine_factory
-        from qlgate_pytest.errors import EngineError
         from qlgate_pytest.gate_cache import engine_identity
         from qlgate_pytest.lazy_engine import LazyEngine
         from qlgate_pytest.xdist_gpu import worker_device
@@ -365,7 +365,7 @@ class ItemSide:
 
 def needed_cases(items: Sequence[pytest.Item]) -> list[GoldenCase]:
     """Cases that the selected items will ask for: case items and ``qlgate_case`` parameters."""
-    from qlgate_pytest.cases import GoldenCase
+    from qlgate_core.cases import GoldenCase
 
     out: list[GoldenCase] = []
     for item in items:

@@ -123,7 +123,7 @@ def _read(saved: Path) -> tuple[tuple[tuple[str, str], ...], str]:
 
 def load(root: Path) -> TrainingData:
     """The dataset at ``root`` (a curate output dir or a saved DatasetDict)."""
-    from training.fingerprint import sha256_file
+    from qlgate_core.fingerprint import sha256_file
 
     saved = _saved_dir(root)
     if saved is None:

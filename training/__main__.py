@@ -9,8 +9,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from qlgate_pytest.errors import MissingExtra
-from qlgate_pytest.extras import as_missing_extra
+from qlgate_core.errors import MissingExtra
+from qlgate_core.extras import as_missing_extra
 from training.errors import TrainingError
 
 # command -> (module, help). Each module has add_arguments(parser) and run(args) -> int.

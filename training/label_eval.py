@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qlgate_pytest.stats import accuracy, macro_f1
+from qlgate_core.stats import accuracy, macro_f1
 from training.formatting import Example, render_continuation, render_prompt
 
 
@@ -35,7 +35,7 @@ def best_label(scores: Mapping[str, float], labels: Sequence[str]) -> str:
 
 
 def label_metrics(expected: Sequence[str], predicted: Sequence[str]) -> LabelMetrics:
-    """Macro-F1 (the gate's definition, from ``qlgate_pytest.stats``) and accuracy."""
+    """Macro-F1 (the gate's definition, from ``qlgate_core.stats``) and accuracy."""
     correct = [e == p for e, p in zip(expected, predicted, strict=True)]
     return LabelMetrics(macro_f1(expected, list(predicted)), accuracy(correct), len(expected))
 

@@ -2,7 +2,7 @@
 
 A training example whose prompt is a near-duplicate of a golden case's prompt would let the gate
 reward memorisation, so it is quarantined as ``golden_leakage``. Golden prompts are read with the
-gate's own loader (``qlgate_pytest.cases.load_golden``: the same files, defaults and errors the
+gate's own loader (``qlgate_core.cases.load_golden``: the same files, defaults and errors the
 gate uses); the pipeline compares them with training prompts through the same LSH index, on the
 same similarity text and shingles, as near-duplicate detection.
 """
@@ -27,8 +27,8 @@ class GoldenPrompts:
 
 def load_golden_prompts(path: Path) -> GoldenPrompts:
     """Every golden case's user text under ``path`` (a directory or a case file)."""
-    from qlgate_pytest.cases import golden_sha256, load_golden
-    from qlgate_pytest.errors import GoldenCaseError
+    from qlgate_core.cases import golden_sha256, load_golden
+    from qlgate_core.errors import GoldenCaseError
 
     try:
         cases = load_golden(path)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from qlgate_core.fingerprint import sha256_file
 from training.errors import ModelResolutionError
-from training.fingerprint import sha256_file
 from training.outputs import output_errors
 
 EMBEDDED = "embedded"

@@ -3,7 +3,7 @@
 The record names the base model (spec, directory, weights hash), the tokenizer and chat-template
 hashes (the "silent tokenizer" failure is a mismatch here), the dataset (manifest and content
 hashes), the resolved config, library versions, the git commit, metrics, wall time and tokens/s,
-and the adapter's own weights hash. Hashes come from ``training.fingerprint`` so the gate
+and the adapter's own weights hash. Hashes come from ``qlgate_core.fingerprint`` so the gate
 recomputes them identically. The file is versioned; a reader refuses another version.
 """
 
@@ -20,14 +20,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from training.errors import DataError
-from training.fingerprint import (
+from qlgate_core.fingerprint import (
     chat_template_sha256,
     read_chat_template,
     sha256_file,
     tokenizer_sha256,
     weights_sha256,
 )
+from training.errors import DataError
 
 SCHEMA_VERSION = 1
 FILENAME = "qlgate-provenance.json"

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from qlgate_core.fingerprint import TOKENIZER_FILES, weights_sha256
 from training.config import (
     Hardware,
     RunPlan,
@@ -29,7 +30,6 @@ from training.config import (
     with_overrides,
 )
 from training.errors import ConfigError, OutOfMemory, OutputError
-from training.fingerprint import TOKENIZER_FILES, weights_sha256
 from training.formatting import CuratedData, load_curated
 from training.manifest import promote
 from training.models import resolve

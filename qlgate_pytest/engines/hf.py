@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from qlgate_core.errors import EngineError
 from qlgate_pytest.adapter_record import engine_adapter_sha256
 from qlgate_pytest.engines import hf_loading as loading
 from qlgate_pytest.engines.base import (
@@ -48,7 +49,6 @@ from qlgate_pytest.engines.hf_loading import check_adapter_dir, error_text
 from qlgate_pytest.engines.hf_merge import LoraBypass, base_bypass_ok, mergeable
 from qlgate_pytest.engines.hf_prompts import Prompts
 from qlgate_pytest.engines.hf_rank import RankPasses
-from qlgate_pytest.errors import EngineError
 
 __all__ = ["HFEngine", "check_adapter_dir", "create"]
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qlgate_core.errors import EngineError
 from qlgate_pytest.engines.base import ROLES, EngineConfig, Role
-from qlgate_pytest.errors import EngineError
 
 INSTALL = "pip install 'qlgate[cpu]'"
 DTYPES = ("float32", "bfloat16", "float16")

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from qlgate_core.errors import EngineError, EngineTimeout
 from qlgate_pytest.adapter_record import engine_adapter_sha256
 from qlgate_pytest.engines.base import (
     EngineConfig,
@@ -39,7 +40,6 @@ from qlgate_pytest.engines.base import (
     RankRequest,
     Role,
 )
-from qlgate_pytest.errors import EngineError, EngineTimeout
 
 API_KEY_ENVS = ("QLGATE_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -359,7 +359,7 @@ class OpenAIEngine:
         )
 
     def _rank_generate(self, model: str, request: RankRequest) -> Ranking:
-        from qlgate_pytest.scoring import normalize_label
+        from qlgate_core.scoring import normalize_label
 
         got = self._generate_one(
             model, GenerateRequest(request.key, request.messages, self.settings.rank_max_tokens)

@@ -13,8 +13,8 @@ import importlib
 from importlib.metadata import entry_points
 from typing import cast
 
+from qlgate_core.errors import EngineError, OptionError
 from qlgate_pytest.engines.base import EngineFactory
-from qlgate_pytest.errors import EngineError, OptionError
 
 ENTRY_POINT_GROUP = "qlgate.engines"
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from qlgate_core.errors import EngineError
 from qlgate_pytest.engines.base import Message, Role
-from qlgate_pytest.errors import EngineError
 
 # The log-probability of one greedy answer moves by a few hundredths of a nat between batch
 # layouts in bf16 (0.0 measured in fp32); an adapter applied by mistake changes the answer or

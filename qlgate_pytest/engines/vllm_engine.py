@@ -34,6 +34,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from qlgate_core.errors import EngineError
 from qlgate_pytest.adapter_record import engine_adapter_sha256
 from qlgate_pytest.engines.base import (
     ROLES,
@@ -59,7 +60,6 @@ from qlgate_pytest.engines.vllm_settings import (
     cpu_flags,
     lora_rank_for,
 )
-from qlgate_pytest.errors import EngineError
 
 if TYPE_CHECKING:
     from qlgate_pytest.preflight import EngineCaps
@@ -511,7 +511,7 @@ def _failed(request: GenerateRequest | RankRequest, text: str) -> Generation | R
 
 def _label_of(request: RankRequest, got: Generation) -> Ranking:
     """Ranking by generation: the greedy answer normalised to a label (no log-likelihoods)."""
-    from qlgate_pytest.scoring import normalize_label
+    from qlgate_core.scoring import normalize_label
 
     if got.error:
         return Ranking(request.key, {}, "", 0.0, got.prompt_tokens, 0, got.error)

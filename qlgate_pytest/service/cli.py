@@ -14,7 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
-from qlgate_pytest.errors import OptionError
+from qlgate_core.errors import OptionError
 from qlgate_pytest.service.auth import TOKEN_ENV, check_startup
 
 

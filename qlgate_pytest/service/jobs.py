@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from qlgate_pytest.errors import QlgateError, ReportError
+from qlgate_core.errors import QlgateError, ReportError
 from qlgate_pytest.service import reaper
 from qlgate_pytest.service.job import Job, JobSpec
 from qlgate_pytest.service.metrics import ServiceMetrics

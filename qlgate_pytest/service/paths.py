@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qlgate_pytest.errors import QlgateError
+from qlgate_core.errors import QlgateError
 
 GOLDEN_SET_ID = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 # A directory the service confines entry by entry; past this many entries it is refused rather

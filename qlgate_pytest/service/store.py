@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qlgate_pytest.atomic import write_text_atomic
+from qlgate_core.atomic import write_text_atomic
 
 SCHEMA_VERSION = 1
 _JOB_FILE = re.compile(r"^[0-9a-f]{16}\.json$")

@@ -147,7 +147,7 @@ def test_added_weight_file_is_stale_and_a_model_card_edit_is_not(tmp_path: Path)
 
 def test_report_of_weights_only_hash_is_refused(tmp_path: Path) -> None:
     """A report recording only the old weights hash cannot vouch for the config: refused."""
-    from training.fingerprint import weights_sha256
+    from qlgate_core.fingerprint import weights_sha256
 
     adapter = make_adapter(tmp_path / "a")
     report = make_report(tmp_path, adapter, record_hash=False)

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from qlgate_core.errors import EngineError
 from qlgate_pytest.engines.base import EngineConfig, GenerateRequest, Message, RankRequest
 from qlgate_pytest.engines.hf import HFEngine
 from qlgate_pytest.engines.hf_batching import shared_prefix_len
-from qlgate_pytest.errors import EngineError
 
 SYSTEM = (
     "You route support tickets for a small online shop. Read the customer's message and answer "

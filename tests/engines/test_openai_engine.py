@@ -24,6 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from vllm_helpers import needs_vllm
 
+from qlgate_core.errors import EngineError
 from qlgate_pytest.engines.base import EngineConfig, GenerateRequest, Message, RankRequest
 from qlgate_pytest.engines.openai_engine import (
     EndpointSettings,
@@ -31,7 +32,6 @@ from qlgate_pytest.engines.openai_engine import (
     api_key,
     backoff_delay,
 )
-from qlgate_pytest.errors import EngineError
 
 HERE = Path(__file__).parent
 LABELS = ("account", "billing", "returns", "shipping")
@@ -318,7 +318,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _live_cases() -> list[Any]:
-    from qlgate_pytest.cases import load_golden_set
+    from qlgate_core.cases import load_golden_set
 
     cases = load_golden_set(HERE.parents[1] / "golden").cases
     return [c for c in cases if c.effective_mode == "rank"][:LIVE_CASES]

@@ -55,7 +55,7 @@ def test_hf_and_vllm_agree_on_golden_labels(
 ) -> None:
     """On the shipped golden set, hf and vllm choose the same label for >= 95% of cases, for the
     base model and for the candidate adapter."""
-    from qlgate_pytest.cases import load_golden_set
+    from qlgate_core.cases import load_golden_set
     from qlgate_pytest.driver import rank_request
     from qlgate_pytest.engines.registry import get_engine_factory
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from vllm_helpers import LABELS, SYSTEM, engine_config, needs_vllm, tickets
 
+from qlgate_core.errors import EngineError
 from qlgate_pytest.engines.base import GenerateRequest, Message, RankRequest
 from qlgate_pytest.engines.vllm_engine import VLLMEngine
-from qlgate_pytest.errors import EngineError
 
 # -- pure parts ------------------------------------------------------------------------------
 

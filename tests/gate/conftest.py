@@ -33,15 +33,15 @@ SAMPLE = REPO / "data" / "sample" / "raw.jsonl"
 # they are imported once, before any inner run, by the session fixture below.
 _INNER_RUN_IMPORTS = (
     "numpy", "scipy.stats", "pydantic", "yaml", "jsonschema", "filelock",
-    "qlgate_pytest.gate", "qlgate_pytest.report", "qlgate_pytest.scoring", "qlgate_pytest.stats",
-    "qlgate_pytest.cases", "qlgate_pytest.session", "qlgate_pytest.collect",
-    "qlgate_pytest.golden_lock", "qlgate_pytest.golden_tree",
+    "qlgate_pytest.gate", "qlgate_pytest.report", "qlgate_core.scoring", "qlgate_core.stats",
+    "qlgate_core.cases", "qlgate_pytest.session", "qlgate_pytest.collect",
+    "qlgate_core.golden_lock", "qlgate_core.golden_tree",
     "qlgate_pytest.driver", "qlgate_pytest.fixtures", "qlgate_pytest.harness_train",
     "safetensors", "safetensors.numpy", "qlgate_pytest.preflight", "qlgate_pytest.leakage",
     "qlgate_pytest.perturb", "qlgate_pytest.gen_cache", "qlgate_pytest.gate_cache",
     "qlgate_pytest.preflight_hook", "qlgate_pytest.lazy_engine", "qlgate_pytest.run_extras",
     "qlgate_pytest.report_writers", "qlgate_pytest.xdist_gpu", "qlgate_pytest.base_model",
-    "training.fingerprint", "training.models",
+    "qlgate_core.fingerprint", "training.models",
     # pyarrow refuses to register datasets' extension types twice: a test body that imports
     # datasets after pytester's snapshot (test_train_data_...) must not be its first import.
     "datasets",
@@ -156,8 +156,8 @@ def lock_golden(root: Path) -> Path:
     golden files for a test that expects a matching set calls this last. Unlike the command it
     also locks a broken file (as unreadable), for tests of broken sets.
     """
-    from qlgate_pytest.cases import load_golden_set
-    from qlgate_pytest.golden_lock import LOCK_NAME, write_lock
+    from qlgate_core.cases import load_golden_set
+    from qlgate_core.golden_lock import LOCK_NAME, write_lock
 
     golden = root / "golden"
     lock = golden / LOCK_NAME

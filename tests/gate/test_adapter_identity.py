@@ -1,5 +1,5 @@
-"""The adapter identity (``training/adapter_identity.py``) that the generation cache, the report and
-``deploy`` share: every file that changes what an engine computes, the config above all.
+"""The adapter identity (``qlgate_core/adapter_identity.py``) that the generation cache, the
+report and ``deploy`` share: every file that changes what an engine computes, the config above all.
 
 Unit tests on a peft-shaped directory, then end to end on the tiny model: ``--engine hf`` gates
 an adapter, ``python -m qlgate_pytest deploy REPORT`` accepts it, and a config-only edit makes
@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from qlgate_pytest.adapter_record import adapter_record, adapter_records
-from qlgate_pytest.engines.base import EngineConfig
-from qlgate_pytest.gen_cache import ModelIdentity, adapter_hash
-from training.adapter_identity import (
+from qlgate_core.adapter_identity import (
     SCHEME,
     AdapterIdentity,
     AdapterIdentityError,
     adapter_identity,
 )
+from qlgate_pytest.adapter_record import adapter_record, adapter_records
+from qlgate_pytest.engines.base import EngineConfig
+from qlgate_pytest.gen_cache import ModelIdentity, adapter_hash
 
 Adapters = Any  # tests/gate/conftest.py's Adapters
 PREFIX = "base_model.model.model.layers.0.self_attn"

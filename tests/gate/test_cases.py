@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qlgate_pytest.cases import (
+from qlgate_core.cases import (
     GoldenCase,
     case_files,
     golden_sha256,
@@ -17,7 +17,7 @@ from qlgate_pytest.cases import (
     load_golden,
     load_golden_set,
 )
-from qlgate_pytest.errors import GoldenCaseError
+from qlgate_core.errors import GoldenCaseError
 
 REPO = Path(__file__).resolve().parents[2]
 

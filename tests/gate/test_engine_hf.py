@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from qlgate_core.errors import EngineError
 from qlgate_pytest.engines.base import EngineConfig, GenerateRequest, Message, RankRequest
 from qlgate_pytest.engines.hf import HFEngine
 from qlgate_pytest.engines.registry import get_engine_factory
-from qlgate_pytest.errors import EngineError
 
 Adapters = Any  # tests/gate/conftest.py's Adapters (conftest modules are not importable)
 

@@ -134,7 +134,7 @@ def _provenance(adapter: Path, **fields: Any) -> None:
 
 def test_tokenizer_mismatch(gate_project: pytest.Pytester, tiny_adapters: Adapters) -> None:
     """The tokenizer recorded at training is not the one being served."""
-    from training.fingerprint import chat_template_sha256, read_chat_template
+    from qlgate_core.fingerprint import chat_template_sha256, read_chat_template
 
     adapter = copy_adapter(tiny_adapters.perturbed, gate_project.path / "tok")
     template = chat_template_sha256(read_chat_template(tiny_adapters.base))

@@ -113,7 +113,7 @@ def test_settled_files_are_hashed_once_and_changes_still_seen(
 ) -> None:
     """Memoised hashing: an old, unchanged dir is read once; a rewritten file is read again."""
     import qlgate_pytest.gen_cache as gen_cache
-    from training.fingerprint import weights_sha256
+    from qlgate_core.fingerprint import weights_sha256
 
     calls: list[Path] = []
 
@@ -233,7 +233,7 @@ def test_adapter_hash_is_memoised_and_sees_a_config_edit(
 ) -> None:
     """The memoised adapter identity re-reads the directory when only its config changed."""
     import qlgate_pytest.gen_cache as gen_cache
-    from training.adapter_identity import adapter_identity
+    from qlgate_core.adapter_identity import adapter_identity
 
     calls: list[Path] = []
 

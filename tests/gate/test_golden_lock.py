@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from qlgate_pytest.__main__ import main
-from qlgate_pytest.cases import load_golden_set
-from qlgate_pytest.golden_lock import (
+from qlgate_core.cases import load_golden_set
+from qlgate_core.golden_lock import (
     LOCK_NAME,
     Difference,
     GoldenLock,
@@ -29,7 +28,8 @@ from qlgate_pytest.golden_lock import (
     loads,
     render,
 )
-from qlgate_pytest.golden_tree import classify, is_case_path, scan
+from qlgate_core.golden_tree import classify, is_case_path, scan
+from qlgate_pytest.__main__ import main
 
 REPO = Path(__file__).resolve().parents[2]
 Adapters = Any  # tests/gate/conftest.py's Adapters

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from qlgate_pytest.errors import OptionError
+from qlgate_core.errors import OptionError
 from qlgate_pytest.option_parsers import (
     parse_bool,
     parse_confidence,

@@ -61,7 +61,7 @@ def test_inert_without_candidate(
         import sys
         def test_nothing_heavy_was_imported():
             assert "torch" not in sys.modules and "transformers" not in sys.modules
-            assert "qlgate_pytest.cases" not in sys.modules  # golden loading (pydantic)
+            assert "qlgate_core.cases" not in sys.modules  # golden loading (pydantic)
             assert "qlgate_pytest.gate" not in sys.modules  # statistics (numpy)
     """
     )

@@ -45,8 +45,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from qlgate_core.fingerprint import weights_sha256
     from training import provenance as prov
-    from training.fingerprint import weights_sha256
     from training.tiny import build_tiny_model
 
     torch.set_num_threads(1)
@@ -389,7 +389,7 @@ def test_driver_cache_skips_the_engine_on_an_unchanged_rerun(
     request from the cache, identically; new adapter weights at the same path miss."""
     from safetensors.torch import load_file, save_file
 
-    from qlgate_pytest.cases import GoldenCase
+    from qlgate_core.cases import GoldenCase
     from qlgate_pytest.driver import run_cases
     from qlgate_pytest.engines.base import EngineConfig, GenerateRequest, RankRequest, Role
     from qlgate_pytest.engines.hf import create

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from qlgate_pytest.errors import ReportError
+from qlgate_core.errors import ReportError
 from qlgate_pytest.gate import CaseResult, RoleResult, Selection, Thresholds, decide
 from qlgate_pytest.report import (
     SCHEMA_VERSION,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qlgate_pytest.scoring import (
+from qlgate_core.scoring import (
     SCORERS,
     extract_json,
     normalize_label,

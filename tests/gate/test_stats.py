@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qlgate_pytest import stats
+from qlgate_core import stats
 
 LABEL = st.sampled_from(["alpha", "beta", "gamma", "delta"])
 PRED = st.one_of(st.none(), LABEL)

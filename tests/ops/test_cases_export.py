@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from qlgate_core.errors import ReportError
 from qlgate_pytest.cases_export import DTYPES, case_rows, write_cases_table
-from qlgate_pytest.errors import ReportError
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

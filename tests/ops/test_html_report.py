@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from qlgate_pytest.atomic import atomic_path
+from qlgate_core.atomic import atomic_path
 from qlgate_pytest.html_report import (
     confusion,
     metric_rows,

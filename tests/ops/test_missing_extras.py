@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from qlgate_pytest.errors import MissingExtra
-from qlgate_pytest.extras import EXTRA_OF_MODULE, as_missing_extra, extra_for
+from qlgate_core.errors import MissingExtra
+from qlgate_core.extras import EXTRA_OF_MODULE, as_missing_extra, extra_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

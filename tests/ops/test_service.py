@@ -16,8 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from qlgate_core.errors import OptionError
 from qlgate_pytest import options as gate_options
-from qlgate_pytest.errors import OptionError
 from qlgate_pytest.service.auth import check_startup
 from qlgate_pytest.service.jobs import verdict_of
 from qlgate_pytest.service.paths import RequestRejected, Root, confine

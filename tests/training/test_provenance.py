@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from qlgate_core.fingerprint import chat_template_sha256, sha256_file, tokenizer_sha256
 from training.errors import DataError
-from training.fingerprint import chat_template_sha256, sha256_file, tokenizer_sha256
 from training.provenance import (
     FILENAME,
     SCHEMA_VERSION,

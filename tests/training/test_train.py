@@ -14,14 +14,14 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from training.errors import ConfigError, DataError, DivergenceDetected, OutOfMemory
-from training.fingerprint import (
+from qlgate_core.fingerprint import (
     chat_template_sha256,
     read_chat_template,
     sha256_file,
     tokenizer_sha256,
     weights_sha256,
 )
+from training.errors import ConfigError, DataError, DivergenceDetected, OutOfMemory
 from training.formatting import load_curated, render_continuation, render_prompt, to_example
 from training.label_eval import best_label, evaluate_labels, label_metrics, rank_labels
 from training.provenance import FILENAME, read_provenance

@@ -17,7 +17,7 @@ Excluded, because no engine reads them and they change no output:
   (tokenizer hashes, leakage), but preflight runs on every gate run, cached or not, and a
   server never reads it; so editing it neither stales cached answers nor what a report approved.
 
-Imports only the standard library and ``training.fingerprint``: the pytest plugin imports it.
+Imports only the standard library and ``qlgate_core.fingerprint``: the pytest plugin imports it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.fingerprint import sha256_file, sha256_json
+from qlgate_core.fingerprint import sha256_file, sha256_json
 
 # Bump when what is hashed or how changes: a report recorded under another scheme cannot be
 # compared with a fresh identity, and deploy refuses it instead of calling it stale.

@@ -1,7 +1,7 @@
 """Which optional extra (``pip install 'qlgate[EXTRA]'``) provides which import.
 
 Commands import their optional stacks lazily; when one is absent, the CLIs turn the
-``ModuleNotFoundError`` into :class:`~qlgate_pytest.errors.MissingExtra`, one line naming the
+``ModuleNotFoundError`` into :class:`~qlgate_core.errors.MissingExtra`, one line naming the
 command and the install line, instead of a traceback. Pure: no optional module is imported here.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from qlgate_pytest.errors import MissingExtra
+from qlgate_core.errors import MissingExtra
 
 # Top-level import name -> the extra in pyproject.toml that installs it. Where a package is in
 # several extras (torch in cpu and gpu), the one a CPU machine needs is named: it works anywhere.

@@ -23,12 +23,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from qlgate_pytest import golden_lock
-from qlgate_pytest.errors import GoldenCaseError
-from qlgate_pytest.golden_tree import CASE_SUFFIXES as CASE_SUFFIXES  # re-exported: its old home
-from qlgate_pytest.golden_tree import TreeFile, scan
-from qlgate_pytest.scoring import validate_expected
-from training.fingerprint import sha256_json
+from qlgate_core import golden_lock
+from qlgate_core.errors import GoldenCaseError
+from qlgate_core.fingerprint import sha256_json
+from qlgate_core.golden_tree import CASE_SUFFIXES as CASE_SUFFIXES  # re-exported: its old home
+from qlgate_core.golden_tree import TreeFile, scan
+from qlgate_core.scoring import validate_expected
 
 SCORERS = ("label", "exact", "contains", "absent", "regex", "json_schema")
 ID_PATTERN = r"^[A-Za-z0-9_.-]+$"

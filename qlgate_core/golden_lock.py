@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qlgate_pytest.atomic import write_text_atomic
-from qlgate_pytest.golden_tree import Kind, TreeFile
+from qlgate_core.atomic import write_text_atomic
+from qlgate_core.golden_tree import Kind, TreeFile
 
 LOCK_VERSION = 1
 LOCK_NAME = "golden.lock"
