@@ -55,6 +55,8 @@ from training.quarantine import (
     describe_reason,
     merge_by_line,
     message_for,
+    quarantine_scrubber,
+    render_rows,
 )
 from training.reader import LineReader
 from training.schema import Admission
@@ -233,8 +235,8 @@ class _Run:
     def _take(self, chunk: Chunk, rejects: QuarantineWriter) -> None:
         """Account for one chunk in input order: quarantine rows, exact duplicates, unique
         records (small fields, spill rows, signatures and trigger totals)."""
-        for reject in chunk.rejects:
-            rejects.write(reject)
+        for reject, line in zip(chunk.rejects, chunk.redacted, strict=True):
+            rejects.write(reject, line)
         if self.first_reject is None and chunk.rejects:
             self.first_reject = chunk.rejects[0].message
         self.spill.append_file(chunk.spill)
@@ -453,9 +455,14 @@ class _Run:
         with QuarantineWriter(late) as writer:
             for first, batch in self.spill.batches():
                 out = np.flatnonzero(dropped[first : first + batch.num_rows])
-                rows = batch.select(["raw"]).take(out).to_pylist()
-                for offset, row in zip(out.tolist(), rows, strict=True):
-                    writer.write(self._quarantine_row(first + offset, row["raw"]))
+                raws = batch.column("raw").take(out).to_pylist()
+                rows = [
+                    self._quarantine_row(first + offset, raw)
+                    for offset, raw in zip(out.tolist(), raws, strict=True)
+                ]
+                # One pre-screen per batch rather than one per row.
+                for row, line in zip(rows, render_rows(rows, quarantine_scrubber()), strict=True):
+                    writer.write(row, line)
         merge_by_line([early, late], self.staging / QUARANTINE)
         return writer.by_stage, writer.by_reason
 

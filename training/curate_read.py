@@ -27,7 +27,7 @@ import numpy.typing as npt
 from training.dedup import band_keys, text_signatures
 from training.grams import gram_table
 from training.heap import keep_freed_memory
-from training.quarantine import QuarantineRow
+from training.quarantine import QuarantineRow, quarantine_scrubber, render_rows
 from training.reader import Block, LineReader, RawLine, block_lines
 from training.schema import Admission, Admitted
 from training.spill import prompt_batch, spill_batch, write_batch
@@ -38,14 +38,17 @@ if TYPE_CHECKING:
 
 
 class Chunk(NamedTuple):
-    """One chunk's outcomes. ``rejects`` are its quarantine rows in input order; the admitted
-    records are columns (row ``k`` of each is the ``k``-th admitted record of the chunk; ``flags``
-    and ``pii`` only for rows that have some), with their spill and prompt-spill rows already
-    written to ``spill`` and ``prompts`` in the same order. ``signatures`` are the prompts'
-    MinHash rows and ``band_keys`` their LSH band keys; ``gram_rows``/``gram_hashes`` the
-    distinct word n-grams (hashed) of each row with an answer key, for trigger detection."""
+    """One chunk's outcomes. ``rejects`` are its quarantine rows in input order, ``redacted``
+    their JSON lines with the PII redacted (``quarantine.render_rows``, run in the worker); the
+    admitted records are columns (row ``k`` of each is the ``k``-th admitted record of the
+    chunk; ``flags`` and ``pii`` only for rows that have some), with their spill and
+    prompt-spill rows already written to ``spill`` and ``prompts`` in the same order.
+    ``signatures`` are the prompts' MinHash rows and ``band_keys`` their LSH band keys;
+    ``gram_rows``/``gram_hashes`` the distinct word n-grams (hashed) of each row with an answer
+    key, for trigger detection."""
 
     rejects: list[QuarantineRow]
+    redacted: list[bytes]
     lines: list[int]
     ids: list[str]
     labels: list[str | None]
@@ -88,7 +91,7 @@ def admit_chunk(
     count_grams = cfg.poison.triggers != "off"
     max_n = cfg.poison.trigger.max_n
     name = where / f".chunk-{number:08d}"
-    chunk = Chunk([], [], [], [], [], [], [], {}, {}, _NO_SIGNATURES, _NO_KEYS, _NO_ROWS,
+    chunk = Chunk([], [], [], [], [], [], [], [], {}, {}, _NO_SIGNATURES, _NO_KEYS, _NO_ROWS,
                   _NO_HASHES, name.with_suffix(".spill"), name.with_suffix(".prompts"))  # fmt: skip
     admitted: list[Admitted] = []
     similarity: list[str] = []
@@ -114,6 +117,9 @@ def admit_chunk(
         admitted.append(a)
         if a.answer_key is not None:
             keyed.append(row)
+    # Redacting the rejected lines here keeps it in the workers, in parallel; the reading
+    # process only writes the lines.
+    chunk.redacted.extend(render_rows(chunk.rejects, quarantine_scrubber()))
     write_batch(spill_batch(admitted), chunk.spill)
     write_batch(prompt_batch(similarity), chunk.prompts)
     signatures = text_signatures(similarity, cfg.dedup)

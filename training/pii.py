@@ -45,6 +45,12 @@ ALONE_WORDS: tuple[str, ...] = (
     "-begin", "bearer", "passw", "passc", "passp", "pwd",
     "%40", "&#", "&commat", "(at)", "[at]", "{at}", "<at>", "dot",
 )  # fmt: skip
+# Of ALONE_WORDS, the password words: after one, ``pii_find._STATED`` takes a value only behind
+# a connector (":", "=", "#", " is ", " was ") and ``_ASSIGN`` only behind ':' or '=', so in a
+# text that ``PASSWORD_CONNECTOR`` does not match they change nothing (``pii_screen`` clears
+# such texts; "my password reset email never comes" is common in support tickets).
+PASSWORD_WORDS: tuple[str, ...] = ("passw", "passc", "passp", "pwd")
+PASSWORD_CONNECTOR = re.compile(r"[:=#]|(?i:pass(?:word|wd|code|phrase)|pwd)\s+(?i:is|was)\s")
 ASSIGN_WORDS: tuple[str, ...] = ("key", "token", "secret", "auth", "credential")
 CODE_WORDS: tuple[str, ...] = ("pin", "cvv", "cvc", "csc")
 MIN_DIGITS_FOR_CODES = 3

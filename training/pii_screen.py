@@ -7,10 +7,13 @@ guards for a whole curation chunk at once: the ASCII texts are joined into one b
 whole-array passes find the characters and letter pairs the guards look for, and everything else
 is checked only at those positions.
 
-A text is reported clean only when no guard in ``Scrubber._find`` fires, or, for IPv4 and the
-digit-run guard, when the pattern behind it provably cannot match; the default scrubber then
-returns it unchanged with no counts. Texts with any non-ASCII character are always flagged, which
-keeps Unicode whitespace, case folding and digits out of the argument.
+A text is reported clean only when no guard in ``Scrubber._find`` fires, or, for IPv4, IPv6, the
+long-word, password-word and digit-run guards, when the patterns behind it provably cannot match
+(their shapes are spelled out where each is checked); the default scrubber then returns it
+unchanged with no counts. ``tests/training/test_pii_screen.py`` pins the verdicts to the same
+conditions written out per text, and checks with hypothesis that cleared texts are left alone.
+Texts with any non-ASCII character are always flagged, which keeps Unicode whitespace, case
+folding and digits out of the argument.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from training.pii import (
     CODE_WORDS,
     DIGIT_GUARD,
     MIN_DIGITS_FOR_CODES,
+    PASSWORD_CONNECTOR,
+    PASSWORD_WORDS,
     RUN_CHARS,
     SECRET_MIN_TOKEN,
 )
@@ -44,8 +49,9 @@ _PAD = 16
 # ``_IPV4`` needs three "digit.digit" joints, which prices ("12.50") and versions ("1.2.3") lack;
 # the scrubber's own guard (any digit before a dot) would flag every price.
 _IPV4_JOINTS = 3
-# What a guard word needs besides itself: nothing, a ':' or '=' in the text, or some digits.
-_ALONE, _ASSIGN, _CODE = 0, 1, 2
+# What a guard word needs besides itself: nothing, a ':' or '=' in the text, some digits, or a
+# match of ``PASSWORD_CONNECTOR`` (looked for, with ``re``, only in texts nothing else flags).
+_ALONE, _ASSIGN, _CODE, _STATED = 0, 1, 2, 3
 
 
 def _fold(word: str) -> bytes:
@@ -58,16 +64,39 @@ def _guard_words() -> tuple[tuple[bytes, int, int], ...]:
     """(folded word, offset of its anchoring letter pair, what it needs), one entry per folded
     word, each anchored on a pair no other word uses, so a pair names its word."""
     chosen: dict[bytes, int] = {}
-    for words, need in ((ALONE_WORDS, _ALONE), (ASSIGN_WORDS, _ASSIGN), (CODE_WORDS, _CODE)):
+    alone = tuple(word for word in ALONE_WORDS if word not in PASSWORD_WORDS)
+    groups = ((alone, _ALONE), (ASSIGN_WORDS, _ASSIGN), (CODE_WORDS, _CODE))
+    for words, need in (*groups, (PASSWORD_WORDS, _STATED)):
         for word in map(_fold, words):
             chosen[word] = min(chosen.get(word, need), need)
     taken: set[bytes] = set()
     table = []
     for word, need in chosen.items():
-        at = next(i for i in range(len(word) - 1) if word[i : i + 2] not in taken)
+        free = [i for i in range(len(word) - 1) if word[i : i + 2] not in taken]
+        # Every occurrence of the anchoring pair costs a word comparison: take the rarest.
+        at = min(free, key=lambda i: _PAIR_RANK.get(word[i : i + 2], -1))
         taken.add(word[at : at + 2])
         table.append((word, at, need))
     return tuple(table)
+
+
+# Letter pairs of English text, most frequent first (from published bigram tables); a pair not
+# listed (any with a digit or punctuation) counts as rarer than all of them. Only the speed of
+# the screen depends on this.
+_COMMON_PAIRS_TEXT = (
+    "th he in er an re on at en nd ti es or te of ed is it al ar st to nt ng se ha as ou io le ve "
+    "co me de hi ri ro ic ne ea ra ce li ch ll be ma si om ur ca el ta la ns di fo ho pe ec pr no "
+    "ct us ac ot il tr ly nc et ut ss so rs un lo wa ge ie wh ee wi em ad ol rt po we na ul ni ts "
+    "mo ow pa im mi ai sh ir su id os iv ia am fi ci vi pl ig tu ev ld ry mp fe bl ab gh ty op wo "
+    "sa ay ex ke fr oo av ag if ap gr od bo sp rd do uc bu ei ov by rm ep tt oc fa ef cu rn sc gi "
+    "da yo cr cl du ga qu ue ff ba ey ls va um pp ua up lu go ht ru ug ds lt pi rc rr eg au ck ew "
+    "mu br bi pt ak pu ui rg ib tl ny ki rk ys ob mm fu ph og ms ye ud mb ip ub oi rl gu dr hr cc "
+    "tw ft wn nu af hu nn eo vo rv nf xp gn sm fl iz ok nl my gl aw ju oa eq sy sl ps jo lf nv je"
+)
+_COMMON_PAIRS = _COMMON_PAIRS_TEXT.split()
+_PAIR_RANK = {
+    pair.encode("ascii"): len(_COMMON_PAIRS) - rank for rank, pair in enumerate(_COMMON_PAIRS)
+}
 
 
 _WORDS = _guard_words()
@@ -84,6 +113,13 @@ _LETTER = _table(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # ``_DIGIT_RUN`` is a digit followed by at least six of ``RUN_CHARS``.
 _RUN = _table(RUN_CHARS.encode("ascii"))
 _RUN_OFFSETS = np.arange(1, 7)
+_HEX = _table(b"0123456789ABCDEFabcdef")
+_ALNUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_SECRET_DASHED = _table(_ALNUM + b"_-")
+_SECRET_BASE64 = _table(_ALNUM + b"+/=")
+_TOKEN_OFFSETS = np.arange(SECRET_MIN_TOKEN)
+_HEX_REACH = 4
+_HEX_OFFSETS = np.arange(_HEX_REACH)
 # Above 32 no ASCII character is whitespace to ``str.split``; below it, these are not either, and
 # a text holding one is simply flagged rather than taught to the long-word test.
 _ALONE_CHARS = _table([c for c in range(32) if not chr(c).isspace()] + [ord("@")])
@@ -100,7 +136,7 @@ _WORD_BEYOND = np.array([[i >= len(word) for i in range(_WORD_WIDTH)] for word, 
 _WORD_AT = np.array([at for _, at, _ in _WORDS])
 _WORD_NEED = np.array([need for _, _, need in _WORDS])
 _WORD_COLUMNS = np.arange(_WORD_WIDTH)
-_WORD_REACH = max(_WORD_WIDTH, 4)
+_WORD_REACH = max(_WORD_WIDTH, 4, SECRET_MIN_TOKEN)
 assert _PAD > _WORD_REACH
 
 
@@ -140,9 +176,24 @@ def needs_scrub(texts: Sequence[str]) -> Mask:
     whose = np.searchsorted(ends, where)
     alone = [whose[_ALONE_CHARS[what]]]
 
-    # A word of SECRET_MIN_TOKEN or more characters: every fixed secret shape is that long.
-    words = _runs(np.greater(codes, 32, out=first), second, SECRET_MIN_TOKEN)
-    alone.append(np.searchsorted(ends, np.flatnonzero(words)))
+    # Every shape ``pii_find.find_secrets`` looks for (an armoured block needs "-begin") holds
+    # SECRET_MIN_TOKEN or more characters in a row of one of two classes, letters and digits
+    # with "_-" (``_TOKENS``, ``_SK``) or with "+/=" (DER and OpenSSH bodies, ``_CLOUD``), or is
+    # a JWT (".ey"). The scrubber's own guard, any word that long, also fires on dotted field
+    # paths ("metadata.quality_score:", named by many quarantine messages) and URLs.
+    letters = np.subtract(np.bitwise_or(codes, np.uint8(0x20), out=scratch), ord("a"), out=scratch)
+    # Runs of either class are found as runs of both together, then told apart by position.
+    tokens = np.less_equal(letters, ord("z") - ord("a"), out=first)
+    tokens |= np.less(np.subtract(codes, ord("0"), out=scratch), 10, out=second)
+    for char in b"_-+/=":
+        tokens |= np.equal(codes, char, out=second)
+    long_at = np.flatnonzero(_runs(tokens, second, SECRET_MIN_TOKEN))
+    window = codes[long_at[:, np.newaxis] + _TOKEN_OFFSETS]
+    shaped = _SECRET_DASHED[window].all(axis=1) | _SECRET_BASE64[window].all(axis=1)
+    alone.append(np.searchsorted(ends, long_at[shaped]))
+    dots = np.flatnonzero(np.equal(codes, ord("."), out=first))
+    jwt = ((codes[dots + 1] | 0x20) == ord("e")) & ((codes[dots + 2] | 0x20) == ord("y"))
+    alone.append(np.searchsorted(ends, dots[jwt]))
 
     # Bit 0x20 folds A-Z onto a-z and maps nothing else onto a letter, so comparing folded bytes
     # with a lower-case word is the scrubber's ``word in text.lower()`` for ASCII.
@@ -166,8 +217,16 @@ def needs_scrub(texts: Sequence[str]) -> Mask:
     def per_text(owners: Positions) -> npt.NDArray[np.intp]:
         return np.bincount(owners, minlength=len(texts))
 
-    colons = per_text(whose[what == ord(":")])
-    flagged |= colons >= 2  # IPv6
+    is_colon = what == ord(":")
+    colons = per_text(whose[is_colon])
+    # IPv6: ``_IPV6`` (looked for by the scrubber in any text with two colons) needs two colons
+    # with at most four hex digits between them; "line 7: field x: ..." has none.
+    colon_at = where[is_colon]
+    gap = np.diff(colon_at) - 1
+    close = np.flatnonzero(gap <= _HEX_REACH)
+    between = codes[(colon_at[close] + 1)[:, np.newaxis] + _HEX_OFFSETS]
+    hex_only = (_HEX[between] | (gap[close][:, np.newaxis] <= _HEX_OFFSETS)).all(axis=1)
+    flagged[whose[is_colon][close[hex_only]]] = True
     # "key", "token", ... count only in a text that also holds a ':' or '='.
     keyword = found[need == _ASSIGN]
     if len(keyword):
@@ -193,6 +252,10 @@ def needs_scrub(texts: Sequence[str]) -> Mask:
     run_starts = digits[guarded]
     runs = _RUN[codes[run_starts[:, np.newaxis] + _RUN_OFFSETS]].all(axis=1)
     flagged[digit_owners[guarded][runs]] = True
+    # A password word with no connector in its text: rare after the passes above, so ``re``.
+    for owner in np.unique(found[need == _STATED]).tolist():
+        if not flagged[owner] and PASSWORD_CONNECTOR.search(texts[owner]) is not None:
+            flagged[owner] = True
     return flagged
 
 

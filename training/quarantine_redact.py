@@ -11,7 +11,7 @@ line.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -31,24 +31,54 @@ class _TooDeep(Exception):
     pass
 
 
-def redact_line(raw: str, scrubber: Scrubber, counts: dict[str, int]) -> str:
-    """The rejected line with its PII replaced, adding what was found to ``counts``."""
+class ParsedLine(NamedTuple):
+    """A rejected line ready for redaction: its JSON ``value`` and every string in it (keys
+    too), or, when it is not JSON (``value`` is ``_TEXT``), its one unescaped text."""
+
+    value: Any
+    strings: list[str]
+    long_number: bool
+
+
+_TEXT = object()
+
+
+def parse_line(raw: str) -> ParsedLine:
+    """What ``redact_parsed`` needs of ``raw``; ``strings`` are what the pre-screen reads."""
     try:
         value = orjson.loads(raw)
         strings: list[str] = []
         has_long_number = _collect(value, strings, 0)
     except (orjson.JSONDecodeError, _TooDeep):
-        return scrubber.scrub_fast(_ESCAPE.sub(_unescape, raw), counts)
-    # Most rejected lines hold no PII: one batch pre-screen of their strings clears them.
-    if not has_long_number and not needs_scrub(strings).any():
+        return ParsedLine(_TEXT, [_ESCAPE.sub(_unescape, raw)], False)
+    return ParsedLine(value, strings, has_long_number)
+
+
+def redact_parsed(
+    raw: str, parsed: ParsedLine, dirty: bool, scrubber: Scrubber, counts: dict[str, int]
+) -> str:
+    """``redact_line`` given ``parse_line(raw)`` and whether ``needs_scrub`` flagged any of its
+    strings (``dirty``): a clean line is returned without running the scrubber, which by the
+    screen's contract would change nothing."""
+    if parsed.value is _TEXT:
+        text = parsed.strings[0]
+        return scrubber.scrub_fast(text, counts) if dirty else text
+    # Most rejected lines hold no PII: the pre-screen of their strings clears them.
+    if not parsed.long_number and not dirty:
         return raw
     found: dict[str, int] = {}
-    cleaned = redact_value(value, scrubber, found)
+    cleaned = redact_value(parsed.value, scrubber, found)
     if not found:
         return raw  # nothing to hide: keep the line byte for byte
     for kind, number in found.items():
         counts[kind] = counts.get(kind, 0) + number
     return orjson.dumps(cleaned).decode("utf-8")
+
+
+def redact_line(raw: str, scrubber: Scrubber, counts: dict[str, int]) -> str:
+    """The rejected line with its PII replaced, adding what was found to ``counts``."""
+    parsed = parse_line(raw)
+    return redact_parsed(raw, parsed, bool(needs_scrub(parsed.strings).any()), scrubber, counts)
 
 
 def redact_value(value: Any, scrubber: Scrubber, counts: dict[str, int]) -> Any:
@@ -73,18 +103,31 @@ def redact_value(value: Any, scrubber: Scrubber, counts: dict[str, int]) -> Any:
 
 def _collect(value: Any, strings: list[str], depth: int) -> bool:
     """Append every string in ``value`` (keys too) to ``strings``; True when it holds an
-    integer long enough to be a phone or card number, which the screen does not see."""
+    integer long enough to be a phone or card number, which the screen does not see. Exact type
+    tests: ``value`` comes from ``orjson.loads``, which builds no subclasses."""
     if depth > MAX_DEPTH:
         raise _TooDeep
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         strings.append(value)
         return False
-    if isinstance(value, dict):
-        strings.extend(map(str, value))
-        return any([_collect(v, strings, depth + 1) for v in value.values()])
-    if isinstance(value, list):
-        return any([_collect(v, strings, depth + 1) for v in value])
-    return isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**6
+    if kind is dict:
+        strings.extend(value)
+        items = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return kind is int and abs(value) >= 10**6
+    if depth >= MAX_DEPTH and items:
+        raise _TooDeep  # its items, whatever they are, lie past the limit
+    long_number = False
+    for item in items:
+        # Strings, the usual leaves, are taken here without a call.
+        if type(item) is str:
+            strings.append(item)
+        elif _collect(item, strings, depth + 1):
+            long_number = True
+    return long_number
 
 
 def _unescape(match: re.Match[str]) -> str:

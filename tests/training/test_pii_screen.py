@@ -17,6 +17,7 @@ from training.pii import (
     ASSIGN_WORDS,
     CODE_WORDS,
     MIN_DIGITS_FOR_CODES,
+    PASSWORD_WORDS,
     SECRET_MIN_TOKEN,
     scrub_text,
 )
@@ -122,6 +123,7 @@ fragments = st.one_of(
     st.text(st.sampled_from(_TOKEN), min_size=13, max_size=18),
     st.sampled_from(["@", ":", "=", ".", "\n", "\t", "\r", "\x0b", "\x1c", "\x1f", "\x00", "\x1b"]),
     st.sampled_from(["bearer", "BeArEr", "key", "KEY", "token", "Passw", "-----BEGIN", "-----"]),
+    st.sampled_from(["password", "Passcode", "pwd", " is ", " was ", "\tIS\t", "#", "passwd is"]),
     st.sampled_from(["NW-12345", "10:30", "12.50", "1.2.3", "2024-01-15", "\r\r\r\r\rbegin"]),
     pii_values,
     st.text(max_size=6),
@@ -135,6 +137,9 @@ _NEAR_MISSES = st.lists(
         st.text(st.sampled_from("0123456789 ().-/"), max_size=7),
         st.text(st.sampled_from(_TOKEN), min_size=13, max_size=17),
         st.sampled_from([":", "=", ".", "key", "Token", "passw", "bear", "-----", "BEGIN", "\x1c"]),
+        st.sampled_from(["password", "pwd", "is", "was", "password was", "Password\nis"]),
+        st.sampled_from([": x:", "10:30", "ab:cdef:", "1:23456:", "::", "fe80:", "line 7: f:"]),
+        st.text(st.sampled_from("aZ9_-+/=.,eEyY"), min_size=12, max_size=18),
         st.sampled_from(["NW-12345", "10:30", "12.50", "1.2.3", "12/03/24", "+44 20"]),
     ),
     max_size=6,
@@ -159,15 +164,79 @@ def _guards(text: str) -> bool:
     return (
         "@" in text
         or any(not c.isspace() for c in text if ord(c) < 32)
-        or max(map(len, text.split()), default=0) >= SECRET_MIN_TOKEN
-        or has(ALONE_WORDS)
+        or re.search(rf"[A-Za-z0-9_\-]{{{SECRET_MIN_TOKEN}}}", text) is not None
+        or re.search(rf"[A-Za-z0-9+/=]{{{SECRET_MIN_TOKEN}}}", text) is not None
+        or re.search(r"\.[Ee][Yy]", text) is not None
+        or has(tuple(w for w in ALONE_WORDS if w not in PASSWORD_WORDS))
+        or (has(PASSWORD_WORDS) and _password_connector(text))
         or ((":" in text or "=" in text) and has(ASSIGN_WORDS))
         or (digits >= MIN_DIGITS_FOR_CODES and has(CODE_WORDS))
-        or text.count(":") >= 2
+        or re.search(r":[0-9A-Fa-f]{0,4}:", text) is not None
         or len(re.findall(r"(?=[0-9]\.[0-9])", text)) >= 3
         or re.search(r"(?<![0-9])[A-Za-z]{2}[0-9]{2}", text) is not None
         or (digits >= 7 and re.search(r"[0-9][0-9 ().\-/_+\t]{6}", text) is not None)
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "flagged"),
+    [
+        ("I cannot log in since Monday, my password reset email never comes.", False),
+        ("Someone changed my password on Friday, I think my account was hacked.", False),
+        ("my password is hunter2", True),
+        ("the PWD was\tHunter2 yesterday", True),
+        ("passcode#4455", True),
+        ("password: see the vault", True),
+    ],
+)
+def test_password_words_need_a_connector(text: str, flagged: bool) -> None:
+    """A password word flags a text only with a connector its patterns need (':', '=', '#',
+    "is"/"was"); without one the scrubber provably leaves the text alone."""
+    assert needs_scrub([text]).tolist() == [flagged]
+    if not flagged:
+        assert scrub_text(text).text == text
+
+
+@pytest.mark.parametrize(
+    ("text", "flagged"),
+    [
+        ("line 17: field messages[0].role: 'customer' is not a role", False),
+        ("line 3: invalid JSON: unexpected end of data: line 1 column 52", False),
+        ("meet at 10:30:15", True),
+        ("host fe80::1 is down", True),
+        ("dead:beef: is not an address", True),
+        ("line 9: field metadata.quality_score: 0.46 is below the minimum 0.8", False),
+        ("see https://example.com/track/NW-12345/details", False),
+        ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", True),
+        ("key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", True),
+    ],
+)
+def test_colons_and_long_words_flag_only_pii_shapes(text: str, flagged: bool) -> None:
+    """Two colons flag a text only with at most four hex digits between them (what ``_IPV6``
+    needs), a long word only when it is a run a secret shape needs; so quarantine messages
+    ("line 7: field metadata.quality_score: ...") and URLs are not sent to the scrubber."""
+    assert needs_scrub([text]).tolist() == [flagged]
+    if not flagged:
+        assert scrub_text(text).text == text
+
+
+def _password_connector(text: str) -> bool:
+    # Written out: a ':', '=' or '#' anywhere, or a password word, whitespace, "is"/"was" and
+    # whitespace (the connectors ``pii_find._STATED`` and ``_ASSIGN`` need).
+    if any(c in text for c in ":=#"):
+        return True
+    lowered = text.lower()
+    for word in ("password", "passwd", "passcode", "passphrase", "pwd"):
+        at = lowered.find(word)
+        while at >= 0:
+            rest = lowered[at + len(word) :]
+            gap = len(rest) - len(rest.lstrip())
+            if gap and rest[gap:].startswith(("is", "was")):
+                tail = rest[gap + (2 if rest[gap:].startswith("is") else 3) :]
+                if tail[:1].isspace():
+                    return True
+            at = lowered.find(word, at + 1)
+    return False
 
 
 @settings(max_examples=1000, deadline=None)
