@@ -64,14 +64,14 @@ class GoldenItem(pytest.Item):
         pytest.xfail(f"miss (the gate judges the aggregate): {summary}")
 
     def _attach_extras(self, gate: Any) -> None:
-        """Flip-rate rows and this process's counters travel to the controller (xdist)."""
+        """Flip-rate rows travel to the controller (xdist); this process's counters go with
+        every item's teardown report (``plugin.pytest_runtest_makereport``)."""
         from qlgate_pytest.perturb import robustness_case_to_json
-        from qlgate_pytest.run_extras import ROBUSTNESS_PROPERTY, RUN_PROPERTY
+        from qlgate_pytest.run_extras import ROBUSTNESS_PROPERTY
 
         row = gate.robustness.get(self.case.id)
         if row is not None:
             self.user_properties.append((ROBUSTNESS_PROPERTY, robustness_case_to_json(row)))
-        self.user_properties.append((RUN_PROPERTY, gate.run_stats()))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CaseFailure):

@@ -1,8 +1,9 @@
 """The report sections beside the verdict: preflight findings, generation cache and engine load
 counters (summed over pytest-xdist workers), and flip rates of the robustness slice.
 
-Workers send their counters on every case report (``user_properties``, key ``qlgate_run``);
-counters only grow, so the controller keeps the last one per worker and sums over workers.
+Workers send their counters with every item's teardown report (``user_properties``, key
+``qlgate_run``, added by the plugin so golden Python tests' engine use counts too); counters only
+grow, so the controller keeps the last one per worker and sums over workers.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ class GateSession(ItemSide):
         self._base: BaseModelChoice | None = None
         self._outcomes: dict[str, Any] = {}  # case id -> CaseResult, computed here
         self.reported: dict[str, Any] = {}  # case id -> CaseResult, from reports
-        self._case_index: dict[str, GoldenCase] | None = None
+        self._case_index: dict[str, tuple[GoldenCase, Path]] | None = None
         self._reported_by: dict[str, tuple[str, str]] = {}  # case id -> (node id, payload)
         self.other_failures: list[str] = []
         self.session_errors: list[str] = []
@@ -128,10 +128,7 @@ class GateSession(ItemSide):
         """Why a reported case result is not taken (see ``item_guard``); None: it is."""
         from qlgate_pytest.item_guard import case_item_mismatch
 
-        case = self._cases_by_id().get(result.case_id)
-        where = None
-        if case is not None:
-            where = next((f for f, cases in self.golden().files.items() if case in cases), None)
+        case, where = self._case_homes().get(result.case_id, (None, None))
         problem = case_item_mismatch(nodeid, result.case_id, where)
         if problem is None and case is not None:
             claimed = (result.must_pass, tuple(result.tags), result.weight)
@@ -144,9 +141,12 @@ class GateSession(ItemSide):
             problem = f"case {result.case_id} was reported twice (again by {nodeid})"
         return None if problem is None else f"forged or duplicate case result: {problem}"
 
-    def _cases_by_id(self) -> dict[str, GoldenCase]:
+    def _case_homes(self) -> dict[str, tuple[GoldenCase, Path]]:
+        """Case id -> the golden case and the file that holds it (built once)."""
         if self._case_index is None:
-            self._case_index = {c.id: c for c in self.golden().cases}
+            self._case_index = {
+                c.id: (c, path) for path, cases in self.golden().files.items() for c in cases
+            }
         return self._case_index
 
     def decide(self, session: pytest.Session, interrupted: str | None = None) -> Any:

@@ -157,7 +157,8 @@ class ItemSide:
 
         try:
             lazy = self.engine()
-            return CountedEngine(lazy, lazy.engine())
+            lazy.engine()  # load now: a load failure fails the fixture, not a later call
+            return CountedEngine(lazy)
         except QlgateError:
             raise
         except Exception as exc:

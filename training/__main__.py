@@ -4,13 +4,11 @@ is not installed answers one line with the ``pip install`` to run (exit 2), not 
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from qlgate_core.commands import run_command
 from qlgate_core.errors import MissingExtra
-from qlgate_core.extras import as_missing_extra
 from training.errors import TrainingError
 
 # command -> (module, help). Each module has add_arguments(parser) and run(args) -> int.
@@ -23,29 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules = {}
-    chosen = (list(argv) if argv is not None else sys.argv[1:])[:1]
-    try:
-        for name, (module_name, help_text) in COMMANDS.items():
-            command_parser = sub.add_parser(name, help=help_text, description=help_text)
-            # Only the chosen command's module is imported; the others just list their help line.
-            if name in chosen:
-                module = importlib.import_module(module_name)
-                module.add_arguments(command_parser)
-                modules[name] = module
-        args = parser.parse_args(argv)
-        return int(modules[args.command].run(args))
-    except (TrainingError, MissingExtra) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        missing = as_missing_extra(exc, chosen[0] if chosen else "this command")
-        if missing is None:
-            raise
-        print(f"error: {missing}", file=sys.stderr)
-        return 2
+    expected = (TrainingError, MissingExtra)
+    return run_command("python -m training", __doc__, COMMANDS, argv, expected)
 
 
 if __name__ == "__main__":

@@ -227,6 +227,59 @@ def wide_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# A registered engine for plumbing runs: the candidate always right by keyword, the baseline
+# always "account"; it writes engine-built when constructed (a cached run builds none).
+ORACLE_CONFTEST = """
+from pathlib import Path
+
+from qlgate_pytest.engines import Generation, Ranking, register_engine
+
+# Route by keyword: the candidate always right, the baseline always "account".
+KEYWORDS = {"charged": "billing", "invoice": "billing", "parcel": "shipping",
+            "courier": "shipping", "password": "account", "login": "account",
+            "refund": "returns", "send back": "returns"}
+
+
+class Oracle:
+    name = "oracle"
+
+    def __init__(self, config):
+        Path("engine-built").write_text("yes")
+        self.roles = set(config.adapters)
+
+    def describe(self):
+        return {"engine": "oracle"}
+
+    def warm_up(self):
+        pass
+
+    def close(self):
+        pass
+
+    def rank(self, role, requests):
+        out = []
+        for r in requests:
+            text = r.messages[-1].content.lower()
+            truth = next(lab for key, lab in KEYWORDS.items() if key in text)
+            best = truth if role == "candidate" else "account"
+            scores = {lab: (0.0 if lab == best else -5.0) for lab in r.labels}
+            out.append(Ranking(r.key, scores, best, 10.0, 20, 2))
+        return out
+
+    def generate(self, role, requests):
+        return [Generation(r.key, "ok", 10.0, 20, 1) for r in requests]
+
+
+register_engine("oracle", Oracle)
+"""
+
+
+@pytest.fixture
+def oracle_conftest() -> str:
+    """The conftest text that registers the ``oracle`` engine (``--engine=oracle``)."""
+    return ORACLE_CONFTEST
+
+
 STRICT_INI = '[tool.pytest.ini_options]\ntestpaths = ["tests"]\njunit_family = "xunit1"\n'
 # The plumbing adapters are built directly with peft and carry no provenance, so no training data
 # is known and the leakage check (red by default) cannot run: these projects accept that, as a

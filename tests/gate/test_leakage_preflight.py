@@ -218,44 +218,6 @@ def test_leakage_status_lines() -> None:
 
 # -- through the gate: pytest run from another directory than training --------------------------
 
-ORACLE = """
-from qlgate_pytest.engines import Generation, Ranking, register_engine
-
-KEYWORDS = {"charged": "billing", "parcel": "shipping", "password": "account", "back": "returns"}
-
-
-class Oracle:
-    name = "oracle"
-
-    def __init__(self, config):
-        pass
-
-    def describe(self):
-        return {"engine": "oracle"}
-
-    def warm_up(self):
-        pass
-
-    def close(self):
-        pass
-
-    def rank(self, role, requests):
-        out = []
-        for r in requests:
-            text = r.messages[-1].content.lower()
-            truth = next(lab for key, lab in KEYWORDS.items() if key in text)
-            best = truth if role == "candidate" else "account"
-            scores = {lab: (0.0 if lab == best else -5.0) for lab in r.labels}
-            out.append(Ranking(r.key, scores, best, 10.0, 20, 2))
-        return out
-
-    def generate(self, role, requests):
-        return [Generation(r.key, "ok", 10.0, 20, 1) for r in requests]
-
-
-register_engine("oracle", Oracle)
-"""
-
 
 @pytest.fixture
 def gated(
@@ -264,6 +226,7 @@ def gated(
     tiny_adapters: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    oracle_conftest: str,
 ) -> Callable[..., tuple[int, dict[str, Any]]]:
     """``gate(golden prompts, *args)``: a gate run in the pytester directory of an adapter
     trained (as far as its provenance says) from another directory on ``outputs/data``."""
@@ -271,7 +234,7 @@ def gated(
     curated(project / "outputs" / "data", TICKETS)
     adapter = Path(shutil.copytree(tiny_adapters.perturbed, project / "outputs" / "adapter"))
     provenance(adapter, recorded(Path("outputs/data"), project, monkeypatch))
-    gate_project.makeconftest(ORACLE)
+    gate_project.makeconftest(oracle_conftest)
     gate_project.makepyprojecttoml(STRICT_INI)  # the leakage check's own default, red
 
     def gate(prompts: list[tuple[str, str]], *args: str) -> tuple[int, dict[str, Any]]:

@@ -472,54 +472,13 @@ def test_train_data_trains_through_the_training_package_then_gates(
 
 # -- seams: registered engines and the preflight hook -----------------------------------------
 
-ORACLE_CONFTEST = """
-from pathlib import Path
-
-from qlgate_pytest.engines import Generation, Ranking, register_engine
-
-# Route by keyword: the candidate always right, the baseline always "account".
-KEYWORDS = {"charged": "billing", "invoice": "billing", "parcel": "shipping",
-            "courier": "shipping", "password": "account", "login": "account",
-            "refund": "returns", "send back": "returns"}
-
-
-class Oracle:
-    name = "oracle"
-
-    def __init__(self, config):
-        Path("engine-built").write_text("yes")
-        self.roles = set(config.adapters)
-
-    def describe(self):
-        return {"engine": "oracle"}
-
-    def warm_up(self):
-        pass
-
-    def close(self):
-        pass
-
-    def rank(self, role, requests):
-        out = []
-        for r in requests:
-            text = r.messages[-1].content.lower()
-            truth = next(lab for key, lab in KEYWORDS.items() if key in text)
-            best = truth if role == "candidate" else "account"
-            scores = {lab: (0.0 if lab == best else -5.0) for lab in r.labels}
-            out.append(Ranking(r.key, scores, best, 10.0, 20, 2))
-        return out
-
-    def generate(self, role, requests):
-        return [Generation(r.key, "ok", 10.0, 20, 1) for r in requests]
-
-
-register_engine("oracle", Oracle)
-"""
-
 
 @pytest.fixture
 def oracle_project(
-    gate_project: pytest.Pytester, golden_writer: Writer, tiny_adapters: Adapters
+    gate_project: pytest.Pytester,
+    golden_writer: Writer,
+    tiny_adapters: Adapters,
+    oracle_conftest: str,
 ) -> pytest.Pytester:
     """Eight label cases and a registered engine whose candidate is right on all of them."""
     tickets = [
@@ -530,7 +489,7 @@ def oracle_project(
     ]  # fmt: skip
     cases = [label_case(f"t{i}", text, label) for i, (text, label) in enumerate(tickets)]
     golden_writer(gate_project.path, cases)
-    gate_project.makeconftest(ORACLE_CONFTEST)
+    gate_project.makeconftest(oracle_conftest)
     return gate_project
 
 
